@@ -1,0 +1,135 @@
+// Every tunable of the server: its flag, its default, and how it is validated. The CLI
+// parses flags into a Config once; nothing else reads argv or the environment.
+
+import { isAbsolute } from 'node:path';
+import { isIP } from 'node:net';
+import { isLogLevel, LOG_LEVELS, type LogLevel } from './log';
+
+/** Where CRI clients (kubelet, crictl) reach us. */
+export const DEFAULT_CRI_SOCKET = '/run/cri-portforward/cri.sock';
+/** Sandbox records and the bind-mounted network namespaces of the embedded store. */
+export const DEFAULT_STATE_DIR = '/var/lib/cri-portforward';
+/** Loopback and a free port, as containerd's streaming server defaults. */
+export const DEFAULT_STREAM_ADDRESS = '127.0.0.1:0';
+/** How long a PortForward URL stays redeemable (upstream: 1 minute). */
+export const DEFAULT_TOKEN_TTL_MS = 60_000;
+/** Tokens issued but not yet redeemed or expired (upstream: 1000). */
+export const DEFAULT_MAX_INFLIGHT_TOKENS = 1000;
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface Config {
+  criSocket: string;
+  stateDir: string;
+  streamAddress: ListenAddress;
+  tlsCert: string | undefined;
+  tlsKey: string | undefined;
+  tokenTtlMs: number;
+  maxInflightTokens: number;
+  logLevel: LogLevel;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface FlagSpec {
+  name: string;
+  value: string;
+  default: string | undefined;
+  help: string;
+}
+
+/** The flags of `serve`, in the order --help prints them. */
+export const SERVE_FLAGS: readonly FlagSpec[] = [
+  { name: 'cri-socket', value: 'path', default: DEFAULT_CRI_SOCKET, help: 'unix socket of the CRI gRPC RuntimeService' },
+  { name: 'state-dir', value: 'dir', default: DEFAULT_STATE_DIR, help: 'sandbox records and network namespaces of the embedded store' },
+  { name: 'stream-address', value: 'host:port', default: DEFAULT_STREAM_ADDRESS, help: 'listen address of the streaming server (port 0: a free port)' },
+  { name: 'tls-cert', value: 'file', default: undefined, help: 'PEM certificate: serve the streaming server over https (needs --tls-key)' },
+  { name: 'tls-key', value: 'file', default: undefined, help: 'PEM private key for --tls-cert' },
+  { name: 'token-ttl', value: 'duration', default: '1m', help: 'how long a PortForward URL stays redeemable (e.g. 30s, 1m, 1m30s)' },
+  { name: 'max-inflight-tokens', value: 'n', default: String(DEFAULT_MAX_INFLIGHT_TOKENS), help: 'PortForward URLs issued and not yet redeemed; beyond it PortForward answers RESOURCE_EXHAUSTED' },
+  { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
+];
+
+export type RawFlags = Record<string, string | undefined>;
+
+export function buildConfig(flags: RawFlags): Config {
+  const get = (name: string): string | undefined => {
+    const value = flags[name];
+    return value === undefined ? SERVE_FLAGS.find((f) => f.name === name)?.default : value;
+  };
+  const tlsCert = get('tls-cert');
+  const tlsKey = get('tls-key');
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+    throw new ConfigError('--tls-cert and --tls-key must be given together');
+  }
+  const logLevel = get('log-level') ?? 'info';
+  if (!isLogLevel(logLevel)) {
+    throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, not "${logLevel}"`);
+  }
+  const criSocket = requirePath('cri-socket', get('cri-socket'));
+  const tokenTtlMs = parseDuration('token-ttl', get('token-ttl') ?? '');
+  if (tokenTtlMs < 1) throw new ConfigError('--token-ttl must be at least 1ms');
+  return {
+    criSocket,
+    stateDir: requirePath('state-dir', get('state-dir')),
+    streamAddress: parseListenAddress('stream-address', get('stream-address') ?? ''),
+    tlsCert,
+    tlsKey,
+    tokenTtlMs,
+    maxInflightTokens: parsePositiveInt('max-inflight-tokens', get('max-inflight-tokens') ?? ''),
+    logLevel,
+  };
+}
+
+function requirePath(flag: string, value: string | undefined): string {
+  if (value === undefined || !isAbsolute(value)) {
+    throw new ConfigError(`--${flag} must be an absolute path, not "${value ?? ''}"`);
+  }
+  return value;
+}
+
+function parsePositiveInt(flag: string, value: string): number {
+  if (!/^[0-9]+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+    throw new ConfigError(`--${flag} must be a positive integer, not "${value}"`);
+  }
+  return Number(value);
+}
+
+const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Go-style durations ("500ms", "30s", "1m30s", "4h"), as containerd's config takes them. */
+export function parseDuration(flag: string, value: string): number {
+  const part = /([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)/y;
+  let total = 0;
+  let offset = 0;
+  while (offset < value.length) {
+    part.lastIndex = offset;
+    const match = part.exec(value);
+    if (match === null) break;
+    total += Number(match[1]) * DURATION_UNIT_MS[match[2] as string]!;
+    offset = part.lastIndex;
+  }
+  if (value.length === 0 || offset !== value.length) {
+    throw new ConfigError(`--${flag} must be a duration such as 500ms, 30s, 1m30s or 4h, not "${value}"`);
+  }
+  return Math.round(total);
+}
+
+export function parseListenAddress(flag: string, value: string): ListenAddress {
+  // host:port, with IPv6 hosts in brackets as Go's net.JoinHostPort writes them.
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(value);
+  const port = match ? Number(match[3]) : NaN;
+  const host = match ? (match[1] ?? match[2] ?? '') : '';
+  if (!match || port > 65535 || host === '' || (match[1] !== undefined && isIP(host) !== 6)) {
+    throw new ConfigError(`--${flag} must be host:port (IPv6 as [addr]:port), not "${value}"`);
+  }
+  return { host, port };
+}

@@ -1,0 +1,86 @@
+// The gRPC server on the CRI unix socket (kubelet's --container-runtime-endpoint).
+
+import * as grpc from '@grpc/grpc-js';
+import { promises as fs } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import { RuntimeServiceDefinition } from '../cri-api';
+import { runtimeServiceHandlers, type RuntimeServiceDeps } from './runtime-service';
+
+/** kubelet sends sandbox configs well below this; crictl's default is 16 MiB too. */
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** How long a shutdown waits for calls in flight before cancelling them. */
+const SHUTDOWN_GRACE_MS = 2_000;
+
+export class CriServer {
+  readonly #server: grpc.Server;
+  readonly #socketPath: string;
+
+  private constructor(server: grpc.Server, socketPath: string) {
+    this.#server = server;
+    this.#socketPath = socketPath;
+  }
+
+  static async listen(socketPath: string, deps: RuntimeServiceDeps): Promise<CriServer> {
+    await fs.mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+    await clearStaleSocket(socketPath);
+    const server = new grpc.Server({
+      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    });
+    server.addService(RuntimeServiceDefinition, runtimeServiceHandlers(deps));
+    await new Promise<void>((resolve, reject) => {
+      server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err ? reject(new Error(`cannot listen on CRI socket ${socketPath}: ${err.message}`)) : resolve(),
+      );
+    });
+    // The CRI socket controls pods: only root (kubelet, crictl as root) may talk to it.
+    await fs.chmod(socketPath, 0o660);
+    return new CriServer(server, socketPath);
+  }
+
+  get address(): string {
+    return `unix://${this.#socketPath}`;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.#server.forceShutdown();
+        resolve();
+      }, SHUTDOWN_GRACE_MS);
+      this.#server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+    await fs.rm(this.#socketPath, { force: true });
+  }
+}
+
+/**
+ * A socket file left by a crashed server is replaced; one that a live server answers on
+ * is an error, so that two servers never fight over one kubelet.
+ */
+async function clearStaleSocket(path: string): Promise<void> {
+  let stat;
+  try {
+    stat = await fs.lstat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!stat.isSocket()) {
+    throw new Error(`CRI socket path ${path} exists and is not a socket; refusing to replace it`);
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`another server is already listening on CRI socket ${path}`);
+  await fs.rm(path, { force: true });
+}

@@ -1,0 +1,36 @@
+// Errors that cross an API boundary (gRPC or HTTP) carry a kind. Each boundary maps kinds
+// to its own status codes in exactly one place: cri/grpc-status.ts and
+// streaming/http-status.ts. Anything that is not a CriError is an internal error.
+
+export type ErrorKind =
+  | 'invalid-argument'
+  | 'not-found'
+  | 'already-exists'
+  | 'failed-precondition'
+  | 'permission-denied'
+  | 'resource-exhausted'
+  | 'unavailable'
+  | 'internal';
+
+export class CriError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'CriError';
+  }
+}
+
+export const invalidArgument = (message: string): CriError => new CriError('invalid-argument', message);
+export const notFound = (message: string): CriError => new CriError('not-found', message);
+export const alreadyExists = (message: string): CriError => new CriError('already-exists', message);
+export const failedPrecondition = (message: string): CriError =>
+  new CriError('failed-precondition', message);
+export const permissionDenied = (message: string): CriError => new CriError('permission-denied', message);
+export const resourceExhausted = (message: string): CriError => new CriError('resource-exhausted', message);
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,59 @@
+// Prometheus metrics, on a registry of our own (not prom-client's global one) so that two
+// servers in one process, as in tests, never share counters.
+
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type TokenRejectReason = 'unknown' | 'limit';
+
+export interface Metrics {
+  readonly registry: Registry;
+  readonly tokensIssued: Counter;
+  readonly tokensRedeemed: Counter;
+  readonly tokensExpired: Counter;
+  readonly tokensRejected: Counter<'reason'>;
+  /** Report sandbox counts by CRI state on every scrape. */
+  observeSandboxes(count: () => Record<string, number>): void;
+}
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  let countSandboxes: () => Record<string, number> = () => ({});
+  new Gauge({
+    name: 'cri_portforward_sandboxes',
+    help: 'Sandboxes known to the embedded store, by CRI state.',
+    labelNames: ['state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [state, n] of Object.entries(countSandboxes())) this.set({ state }, n);
+    },
+  });
+  return {
+    registry,
+    tokensIssued: new Counter({
+      name: 'cri_portforward_tokens_issued_total',
+      help: 'PortForward URLs issued.',
+      registers: [registry],
+    }),
+    tokensRedeemed: new Counter({
+      name: 'cri_portforward_tokens_redeemed_total',
+      help: 'PortForward URLs redeemed by a client.',
+      registers: [registry],
+    }),
+    tokensExpired: new Counter({
+      name: 'cri_portforward_tokens_expired_total',
+      help: 'PortForward URLs that expired before anyone redeemed them.',
+      registers: [registry],
+    }),
+    tokensRejected: new Counter({
+      name: 'cri_portforward_tokens_rejected_total',
+      help: 'Refused tokens: reason="unknown" for a redeem of an unknown, expired or used token; reason="limit" for a PortForward refused because too many URLs are in flight.',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
+    observeSandboxes(count) {
+      countSandboxes = count;
+    },
+  };
+}

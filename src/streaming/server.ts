@@ -1,0 +1,158 @@
+// The HTTP(S) streaming server: /portforward/<token> (GET and POST), /healthz, /metrics.
+
+import { readFileSync } from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { ListenAddress } from '../config';
+import type { Logger } from '../log';
+import type { Metrics } from '../metrics';
+import { sendPlain, sendPlainOnSocket, type PlainAnswer } from './http-status';
+import type { PortForwardProtocol } from './protocol';
+import type { TokenCache } from './tokens';
+
+const PORTFORWARD_PATH = /^\/portforward\/([A-Za-z0-9_-]+)\/?$/;
+/** A client that has not sent its request headers by then is dropped (slowloris). */
+const HEADERS_TIMEOUT_MS = 30_000;
+
+export interface StreamingServerOptions {
+  address: ListenAddress;
+  tls: { cert: string; key: string } | undefined;
+  tokens: TokenCache;
+  metrics: Metrics;
+  protocols: readonly PortForwardProtocol[];
+  log: Logger;
+}
+
+export class StreamingServer {
+  readonly #server: http.Server;
+  readonly #options: StreamingServerOptions;
+  /** Sockets handed to a protocol or answered raw: the server ends them on close. */
+  readonly #upgraded = new Set<Duplex>();
+  #baseUrl = '';
+
+  private constructor(options: StreamingServerOptions) {
+    this.#options = options;
+    const serverOptions: http.ServerOptions = { headersTimeout: HEADERS_TIMEOUT_MS };
+    this.#server = options.tls
+      ? https.createServer({
+          ...serverOptions,
+          cert: readFileSync(options.tls.cert),
+          key: readFileSync(options.tls.key),
+        })
+      : http.createServer(serverOptions);
+    this.#server.on('request', (req, res) => this.#onRequest(req, res));
+    this.#server.on('upgrade', (req, socket, head) => this.#onUpgrade(req, socket, head));
+    this.#server.on('clientError', (err, socket) => {
+      options.log.debug('bad HTTP request on the streaming server', { err });
+      if (socket.writable) sendPlainOnSocket(socket, { status: 400, body: 'bad HTTP request' });
+      else socket.destroy();
+    });
+  }
+
+  static async listen(options: StreamingServerOptions): Promise<StreamingServer> {
+    const server = new StreamingServer(options);
+    await new Promise<void>((resolve, reject) => {
+      server.#server.once('error', reject);
+      server.#server.listen(options.address.port, options.address.host, () => {
+        server.#server.off('error', reject);
+        resolve();
+      });
+    });
+    const { port } = server.#server.address() as AddressInfo;
+    const scheme = options.tls ? 'https' : 'http';
+    server.#baseUrl = `${scheme}://${urlHost(options.address.host)}:${port}`;
+    return server;
+  }
+
+  /** Where PortForward URLs point: <baseUrl>/portforward/<token>. */
+  get baseUrl(): string {
+    return this.#baseUrl;
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeAllConnections();
+    for (const socket of this.#upgraded) socket.destroy();
+    await closed;
+  }
+
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (req.method === 'GET' && pathOf(req) === '/metrics') {
+      void this.#sendMetrics(res);
+      return;
+    }
+    const answer = this.#route(req);
+    if (answer !== undefined) sendPlain(res, answer);
+  }
+
+  #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    this.#upgraded.add(socket);
+    socket.once('close', () => this.#upgraded.delete(socket));
+    socket.on('error', (err) => this.#options.log.debug('upgraded socket error', { err }));
+    const answer = this.#route(req, { socket, head });
+    if (answer !== undefined) sendPlainOnSocket(socket, answer);
+  }
+
+  /** Returns the plain answer to send, or undefined when a protocol took the socket. */
+  #route(req: http.IncomingMessage, upgrade?: { socket: Duplex; head: Buffer }): PlainAnswer | undefined {
+    const path = pathOf(req);
+    const method = req.method ?? 'GET';
+    if (path === '/healthz') {
+      if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed('GET, HEAD');
+      return { status: 200, body: 'ok' };
+    }
+    if (path === '/metrics') {
+      return method === 'GET' ? { status: 400, body: '/metrics does not upgrade' } : methodNotAllowed('GET');
+    }
+    const match = PORTFORWARD_PATH.exec(path);
+    if (match === null) {
+      return { status: 404, body: `no such path: ${path} (this server serves /portforward/<token>, /healthz, /metrics)` };
+    }
+    if (method !== 'GET' && method !== 'POST') return methodNotAllowed('GET, POST');
+    const grant = this.#options.tokens.redeem(match[1] as string);
+    if (grant === undefined) {
+      return { status: 404, body: 'unknown, expired or already used port-forward token; ask for a new URL with PortForward' };
+    }
+    const protocol = upgrade && this.#options.protocols.find((p) => p.accepts(req));
+    if (upgrade === undefined || protocol === undefined) {
+      return { status: 400, body: this.#noUpgradeText() };
+    }
+    this.#options.log.debug('port-forward upgrade', { sandboxId: grant.sandboxId, protocol: protocol.description });
+    protocol.serve(req, upgrade.socket, upgrade.head, grant);
+    return undefined;
+  }
+
+  async #sendMetrics(res: http.ServerResponse): Promise<void> {
+    try {
+      const text = await this.#options.metrics.registry.metrics();
+      res.writeHead(200, { 'Content-Type': this.#options.metrics.registry.contentType });
+      res.end(text);
+    } catch (err) {
+      sendPlain(res, { status: 500, body: `cannot collect metrics: ${String(err)}` });
+    }
+  }
+
+  #noUpgradeText(): string {
+    const offered = this.#options.protocols.map((p) => p.description);
+    return offered.length === 0
+      ? 'port-forward needs a protocol upgrade, and this build serves no port-forward protocol yet'
+      : `port-forward needs a protocol upgrade; this server serves: ${offered.join('; ')}`;
+  }
+}
+
+function pathOf(req: http.IncomingMessage): string {
+  return (req.url ?? '/').split('?', 1)[0] ?? '/';
+}
+
+function methodNotAllowed(allow: string): PlainAnswer {
+  return { status: 405, body: `method not allowed; use ${allow}`, headers: { Allow: allow } };
+}
+
+/** A host for URLs: IPv6 in brackets; an unspecified address is advertised as loopback. */
+function urlHost(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
+}

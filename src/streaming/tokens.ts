@@ -1,0 +1,90 @@
+// Single-use PortForward tokens. Upstream (cri-streaming request_cache.go) uses 48-bit
+// tokens; ours are 128 random bits, so a token cannot be guessed within its lifetime.
+
+import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import { resourceExhausted } from '../errors';
+import type { Metrics } from '../metrics';
+
+/** Random bytes per token: 128 bits, 22 url-safe base64 characters. */
+const TOKEN_BYTES = 16;
+
+/** What a PortForward request asked for, kept until its URL is redeemed. */
+export interface PortForwardGrant {
+  readonly sandboxId: string;
+  /** The ports the request named; empty means any port the client asks for. */
+  readonly ports: readonly number[];
+}
+
+export interface TokenCacheOptions {
+  ttlMs: number;
+  maxInflight: number;
+  metrics: Metrics;
+}
+
+export class TokenCache {
+  readonly #cache: LRUCache<string, PortForwardGrant>;
+  readonly #maxInflight: number;
+  readonly #metrics: Metrics;
+  readonly #purgeTimer: NodeJS.Timeout;
+
+  constructor(options: TokenCacheOptions) {
+    this.#maxInflight = options.maxInflight;
+    this.#metrics = options.metrics;
+    this.#cache = new LRUCache<string, PortForwardGrant>({
+      // One more than the limit: issue() refuses before the cache would evict anything.
+      max: options.maxInflight + 1,
+      ttl: options.ttlMs,
+      // Staleness is judged on the clock, not on a timer per token.
+      ttlAutopurge: false,
+      updateAgeOnGet: false,
+      dispose: (_grant, _token, reason) => {
+        if (reason === 'expire') this.#metrics.tokensExpired.inc();
+      },
+    });
+    // Expired tokens are freed (and counted) at least once per TTL even if nobody asks.
+    this.#purgeTimer = setInterval(() => this.#cache.purgeStale(), options.ttlMs);
+    this.#purgeTimer.unref();
+  }
+
+  /** Cache a grant and return its token; refuse when too many are in flight. */
+  issue(grant: PortForwardGrant): string {
+    if (this.#cache.size >= this.#maxInflight) {
+      this.#cache.purgeStale();
+      if (this.#cache.size >= this.#maxInflight) {
+        this.#metrics.tokensRejected.inc({ reason: 'limit' });
+        throw resourceExhausted(
+          `maximum number of in-flight port-forward requests exceeded (${this.#maxInflight}); retry after a minute or raise --max-inflight-tokens`,
+        );
+      }
+    }
+    let token: string;
+    do {
+      token = randomBytes(TOKEN_BYTES).toString('base64url');
+    } while (this.#cache.has(token)); // 2^-128: cheap insurance, not a real expectation
+    this.#cache.set(token, grant);
+    this.#metrics.tokensIssued.inc();
+    return token;
+  }
+
+  /** Take the grant of a token: the first redeem wins, every later one gets undefined. */
+  redeem(token: string): PortForwardGrant | undefined {
+    const grant = this.#cache.get(token);
+    if (grant === undefined) {
+      this.#metrics.tokensRejected.inc({ reason: 'unknown' });
+      return undefined;
+    }
+    this.#cache.delete(token);
+    this.#metrics.tokensRedeemed.inc();
+    return grant;
+  }
+
+  get size(): number {
+    return this.#cache.size;
+  }
+
+  close(): void {
+    clearInterval(this.#purgeTimer);
+    this.#cache.clear();
+  }
+}
