@@ -1,0 +1,58 @@
+// A real grpc-js client of runtime.v1.RuntimeService over the unix socket, with promise
+// methods, plus a raw caller for methods our proto does not declare.
+
+import * as grpc from '@grpc/grpc-js';
+import { RuntimeServiceClient } from '../../src/cri-api';
+
+export type CriCall = (method: string, request: object) => Promise<any>;
+
+export interface CriTestClient {
+  call: CriCall;
+  /** Call any method path with an empty request; resolves to the status error. */
+  callRaw(path: string): Promise<grpc.ServiceError | null>;
+  close(): void;
+}
+
+export function criClient(socketAddress: string): CriTestClient {
+  const client = new RuntimeServiceClient(socketAddress, grpc.credentials.createInsecure());
+  const call: CriCall = (method, request) =>
+    new Promise((resolve, reject) => {
+      const fn = (client as unknown as Record<string, Function>)[method];
+      if (typeof fn !== 'function') throw new Error(`no client method ${method}`);
+      fn.call(client, request, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: unknown) =>
+        err ? reject(err) : resolve(res),
+      );
+    });
+  const callRaw = (path: string): Promise<grpc.ServiceError | null> =>
+    new Promise((resolve) => {
+      client.makeUnaryRequest(
+        path,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.alloc(0),
+        { deadline: Date.now() + 10_000 },
+        (err) => resolve(err ?? null),
+      );
+    });
+  return { call, callRaw, close: () => client.close() };
+}
+
+/** Assert-friendly: the gRPC status of a call that must fail. */
+export async function grpcError(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as grpc.ServiceError;
+  }
+  throw new Error('expected the call to fail');
+}
+
+export function podConfig(name: string, extra: Record<string, unknown> = {}): object {
+  return {
+    metadata: { name, namespace: 'test', uid: `uid-${name}`, attempt: 0 },
+    labels: { app: name },
+    ...extra,
+  };
+}
+
+export const HOST_NETWORK = { linux: { security_context: { namespace_options: { network: 'NODE' } } } };

@@ -1,0 +1,90 @@
+// Runs the real CLI (`cri-portforward serve`) as a child process in a temp dir and waits
+// for its "ready" line. Every test that starts one stops it; stop() waits for the exit.
+
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+export const CLI_PATH = resolve(__dirname, '..', '..', 'src', 'cli.js');
+
+export interface ServerProcess {
+  dir: string;
+  criSocket: string;
+  criAddress: string;
+  stateDir: string;
+  streamBaseUrl: string;
+  proc: ChildProcess;
+  /** Every JSON log line so far. */
+  logs: Record<string, unknown>[];
+  /** SIGTERM and wait; resolves to the exit code. */
+  stop(): Promise<number | null>;
+}
+
+export interface StartOptions {
+  dir?: string;
+  args?: string[];
+  spawn?: SpawnOptions;
+  readyTimeoutMs?: number;
+}
+
+export function makeTempDir(prefix = 'cripf-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export async function startServer(options: StartOptions = {}): Promise<ServerProcess> {
+  const dir = options.dir ?? makeTempDir();
+  const criSocket = join(dir, 'cri.sock');
+  const stateDir = join(dir, 'state');
+  const args = [CLI_PATH, 'serve', '--cri-socket', criSocket, '--state-dir', stateDir, ...(options.args ?? [])];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options.spawn });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((res) => proc.once('exit', (code) => res(code)));
+  const ready = await new Promise<Record<string, unknown>>((resolveReady, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`server not ready in time; stderr: ${stderr}`));
+    }, options.readyTimeoutMs ?? 15_000);
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        entry = { unparsed: line };
+      }
+      logs.push(entry);
+      if (entry.msg === 'ready') {
+        clearTimeout(timer);
+        resolveReady(entry);
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before ready; stderr: ${stderr}`));
+    });
+  });
+  return {
+    dir,
+    criSocket,
+    criAddress: ready.criSocket as string,
+    stateDir,
+    streamBaseUrl: ready.streamBaseUrl as string,
+    proc,
+    logs,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/** Mount points under `dir` that are still mounted (namespaces left behind). */
+export function mountsUnder(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' ')[4] ?? '')
+    .filter((mountPoint) => mountPoint.startsWith(dir + '/'));
+}
