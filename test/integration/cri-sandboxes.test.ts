@@ -3,12 +3,13 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { criClient, grpcError, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
 import { rootSkipReason } from '../support/root';
-import { mountsUnder, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft, mountsUnder, startServer, type ServerProcess } from '../support/server-process';
 
 const skip = rootSkipReason();
 
@@ -27,13 +28,10 @@ describe('CRI RuntimeService, embedded sandboxes', { skip }, () => {
 
   after(async () => {
     cri?.close();
-    const dir = server?.dir;
-    if (server) assert.equal(await server.stop(), 0);
-    if (dir) {
-      // Whatever a test forgot to remove must not outlive the suite as a mount.
-      for (const mount of mountsUnder(dir)) execFileSync('umount', [mount]);
-      rmSync(dir, { recursive: true, force: true });
-    }
+    if (!server) return;
+    assert.equal(await server.stop(), 0);
+    assert.deepEqual((await listAfterStop(server)).length, 0, 'every test removes its sandboxes');
+    cleanUpAndAssertNothingLeft(server, server.dir);
   });
 
   it('answers Version and Status as kubelet expects', async () => {
@@ -200,4 +198,9 @@ async function callRawError(cri: CriTestClient, path: string) {
   const err = await cri.callRaw(path);
   assert.ok(err, `${path} must fail`);
   return err;
+}
+
+/** Sandbox records still on disk once the server has stopped. */
+async function listAfterStop(server: ServerProcess): Promise<string[]> {
+  return readdirSync(join(server.stateDir, 'sandboxes'));
 }

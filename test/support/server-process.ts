@@ -1,8 +1,9 @@
 // Runs the real CLI (`cri-portforward serve`) as a child process in a temp dir and waits
 // for its "ready" line. Every test that starts one stops it; stop() waits for the exit.
 
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -63,7 +64,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     });
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before ready; stderr: ${stderr}`));
+      reject(new Error(`server exited with ${code} before ready; log: ${JSON.stringify(logs)}; stderr: ${stderr}`));
     });
   });
   return {
@@ -87,4 +88,24 @@ export function mountsUnder(dir: string): string[] {
     .split('\n')
     .map((line) => line.split(' ')[4] ?? '')
     .filter((mountPoint) => mountPoint.startsWith(dir + '/'));
+}
+
+/**
+ * End-of-suite check: the server process has exited, its socket file is gone and no
+ * namespace is still mounted under its dir. Cleans up whatever it finds, then fails if it
+ * found anything, so one leak cannot hide another.
+ */
+export function cleanUpAndAssertNothingLeft(server: ServerProcess | undefined, dir: string): void {
+  const leftovers: string[] = [];
+  if (server && server.proc.exitCode === null && server.proc.signalCode === null) {
+    leftovers.push(`server process ${server.proc.pid} still running`);
+    server.proc.kill('SIGKILL');
+  }
+  if (existsSync(join(dir, 'cri.sock'))) leftovers.push('CRI socket file left behind');
+  for (const mount of mountsUnder(dir)) {
+    leftovers.push(`mount left behind: ${mount}`);
+    execFileSync('umount', [mount]);
+  }
+  rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(leftovers, []);
 }
