@@ -77,7 +77,7 @@ async function main(argv: string[]): Promise<void> {
     log.error('cannot start', { err });
     process.exit(1);
   }
-  log.info('ready', {
+  log.announce('ready', {
     criSocket: server.criSocket,
     streamBaseUrl: server.streamBaseUrl,
     stateDir: config.stateDir,

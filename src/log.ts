@@ -13,6 +13,8 @@ export interface Logger {
   info(msg: string, fields?: LogFields): void;
   warn(msg: string, fields?: LogFields): void;
   error(msg: string, fields?: LogFields): void;
+  /** An info line written at every level: the "ready" line scripts wait for. */
+  announce(msg: string, fields?: LogFields): void;
   /** A logger that adds `fields` to every line it writes. */
   child(fields: LogFields): Logger;
 }
@@ -27,8 +29,8 @@ export function createLogger(
   base: LogFields = {},
 ): Logger {
   const threshold = LEVEL_RANK[level];
-  const emit = (lvl: LogLevel, msg: string, fields?: LogFields): void => {
-    if (LEVEL_RANK[lvl] < threshold) return;
+  const emit = (lvl: LogLevel, msg: string, fields?: LogFields, always = false): void => {
+    if (!always && LEVEL_RANK[lvl] < threshold) return;
     const entry: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
     write(JSON.stringify(entry, errorReplacer) + '\n');
   };
@@ -37,6 +39,7 @@ export function createLogger(
     info: (msg, fields) => emit('info', msg, fields),
     warn: (msg, fields) => emit('warn', msg, fields),
     error: (msg, fields) => emit('error', msg, fields),
+    announce: (msg, fields) => emit('info', msg, fields, true),
     child: (fields) => createLogger(level, write, { ...base, ...fields }),
   };
 }

@@ -1,0 +1,77 @@
+// npm run bench: prints a table and one JSON line. Absolute numbers differ 2x between
+// machines; compare runs on one machine, and ratios against references of the same run.
+//
+// Measured here:
+// - PortForward RPCs per second over the CRI unix socket (grpc-js client, 64 calls in
+//   flight, against the real server process; goal >= 5000/s on 2 cores);
+// - heap bytes per cached token (100k tokens in a TokenCache, after GC).
+
+import { rmSync } from 'node:fs';
+import { createMetrics } from '../src/metrics';
+import { TokenCache } from '../src/streaming/tokens';
+import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
+import { startServer } from '../test/support/server-process';
+
+interface Row {
+  name: string;
+  value: number;
+  unit: string;
+  goal?: string;
+}
+
+const PORTFORWARD_CALLS = 50_000;
+const PORTFORWARD_CONCURRENCY = 64;
+const TOKENS_FOR_MEMORY = 100_000;
+
+async function portForwardRate(): Promise<Row> {
+  const server = await startServer({ args: ['--max-inflight-tokens', String(PORTFORWARD_CALLS * 2), '--log-level', 'warn'] });
+  const cri = criClient(server.criAddress);
+  try {
+    const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', HOST_NETWORK) })).pod_sandbox_id;
+    const request = { pod_sandbox_id: id, port: [8080] };
+    for (let i = 0; i < 2000; i++) await cri.call('PortForward', request); // warm-up
+    let next = 0;
+    const started = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: PORTFORWARD_CONCURRENCY }, async () => {
+        while (next++ < PORTFORWARD_CALLS) await cri.call('PortForward', request);
+      }),
+    );
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    return { name: 'PortForward RPCs over the unix socket', value: Math.round(PORTFORWARD_CALLS / seconds), unit: 'calls/s', goal: '>= 5000' };
+  } finally {
+    cri.close();
+    await server.stop();
+    rmSync(server.dir, { recursive: true, force: true });
+  }
+}
+
+function tokenMemory(): Row {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error('run with node --expose-gc');
+  const tokens = new TokenCache({ ttlMs: 600_000, maxInflight: TOKENS_FOR_MEMORY, metrics: createMetrics() });
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < TOKENS_FOR_MEMORY; i++) tokens.issue({ sandboxId: 'f'.repeat(64), ports: [8080] });
+  gc();
+  const bytes = (process.memoryUsage().heapUsed - before) / TOKENS_FOR_MEMORY;
+  tokens.close();
+  return { name: 'heap per cached token', value: Math.round(bytes), unit: 'bytes' };
+}
+
+async function main(): Promise<void> {
+  const rows: Row[] = [tokenMemory(), await portForwardRate()];
+  const width = Math.max(...rows.map((r) => r.name.length));
+  process.stdout.write(`${'benchmark'.padEnd(width)}  ${'value'.padStart(10)}  unit       goal\n`);
+  for (const r of rows) {
+    process.stdout.write(`${r.name.padEnd(width)}  ${String(r.value).padStart(10)}  ${r.unit.padEnd(9)}  ${r.goal ?? ''}\n`);
+  }
+  process.stdout.write(
+    JSON.stringify({ bench: 'cri-portforward', results: Object.fromEntries(rows.map((r) => [r.name, { value: r.value, unit: r.unit }])) }) + '\n',
+  );
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});
