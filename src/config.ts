@@ -30,6 +30,8 @@ export interface Config {
   tokenTtlMs: number;
   maxInflightTokens: number;
   logLevel: LogLevel;
+  /** Time the second direction of a forward gets once the first has ended. */
+  halfCloseGraceMs: number;
 }
 
 export class ConfigError extends Error {
@@ -55,6 +57,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'tls-key', value: 'file', default: undefined, help: 'PEM private key for --tls-cert' },
   { name: 'token-ttl', value: 'duration', default: '1m', help: 'how long a PortForward URL stays redeemable (e.g. 30s, 1m, 1m30s)' },
   { name: 'max-inflight-tokens', value: 'n', default: String(DEFAULT_MAX_INFLIGHT_TOKENS), help: 'PortForward URLs issued and not yet redeemed; beyond it PortForward answers RESOURCE_EXHAUSTED' },
+  { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may go on before both are closed (containerd: 1s)' },
   { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
 ];
 
@@ -86,6 +89,7 @@ export function buildConfig(flags: RawFlags): Config {
     tokenTtlMs,
     maxInflightTokens: parsePositiveInt('max-inflight-tokens', get('max-inflight-tokens') ?? ''),
     logLevel,
+    halfCloseGraceMs: parseDuration('half-close-grace', get('half-close-grace') ?? ''),
   };
 }
 

@@ -12,6 +12,7 @@ describe('config', () => {
     assert.equal(config.maxInflightTokens, 1000);
     assert.equal(config.logLevel, 'info');
     assert.equal(config.tlsCert, undefined);
+    assert.equal(config.halfCloseGraceMs, 1000);
   });
 
   it('parses Go-style durations', () => {

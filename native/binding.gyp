@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "netns_dial",
+      "sources": ["netns_dial.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

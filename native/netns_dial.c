@@ -1,0 +1,242 @@
+// netns_dial: dial localhost:<port> inside a network namespace, on a libuv worker thread.
+//
+// dialInNetns(netnsPath | null, port, timeoutMs) -> Promise<{ fd, family, ... }>
+//
+// The worker thread enters the namespace with setns(CLONE_NEWNET), creates the socket
+// (a socket belongs to the namespace of the thread that creates it, for its whole life),
+// connects to 127.0.0.1 and, only if that fails, to [::1] (serially: a parallel dial would
+// need a second thread in the namespace), then returns to the namespace it came from. If
+// it cannot return, the process aborts: a worker thread left in a pod's namespace would
+// run later, unrelated work (DNS lookups, file I/O, other dials) in the wrong network.
+// The main thread never calls setns.
+//
+// Every outcome resolves: { fd, family } on success, else the errno of whatever failed
+// ({ nsStage, nsErrno } for the namespace, { errno4, errno6 } for the two connects), so
+// that JavaScript builds the error texts (upstream's format) in one place.
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <node_api.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PATH_BYTES 4096
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  char netns_path[MAX_PATH_BYTES];
+  int has_netns;
+  int port;
+  int timeout_ms;
+  // results
+  int fd;
+  int family;
+  const char *ns_stage;  // NULL, "open" or "setns"
+  int ns_errno;
+  int errno4;
+  int errno6;
+} dial_job;
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Non-blocking connect bounded by the time left; returns the fd or -1 with *err set.
+static int connect_loopback(int family, int port, long long deadline, int *err) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  struct sockaddr_storage addr;
+  socklen_t len;
+  memset(&addr, 0, sizeof addr);
+  if (family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&addr;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((unsigned short)port);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof *a;
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&addr;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((unsigned short)port);
+    a->sin6_addr = in6addr_loopback;
+    len = sizeof *a;
+  }
+  if (connect(fd, (struct sockaddr *)&addr, len) == 0) return fd;
+  if (errno != EINPROGRESS) {
+    *err = errno;
+    close(fd);
+    return -1;
+  }
+  for (;;) {
+    long long left = deadline - now_ms();
+    if (left <= 0) {
+      *err = ETIMEDOUT;
+      close(fd);
+      return -1;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int n = poll(&p, 1, (int)left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      *err = errno;
+      close(fd);
+      return -1;
+    }
+    if (n == 0) continue;  // re-check the deadline
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = errno;
+    if (soerr == 0) return fd;
+    *err = soerr;
+    close(fd);
+    return -1;
+  }
+}
+
+static void dial_both(dial_job *job) {
+  long long deadline = now_ms() + job->timeout_ms;
+  job->fd = connect_loopback(AF_INET, job->port, deadline, &job->errno4);
+  if (job->fd >= 0) {
+    job->family = 4;
+    return;
+  }
+  job->fd = connect_loopback(AF_INET6, job->port, deadline, &job->errno6);
+  if (job->fd >= 0) job->family = 6;
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  dial_job *job = data;
+  job->fd = -1;
+  if (!job->has_netns) {
+    dial_both(job);
+    return;
+  }
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) {
+    job->ns_stage = "save";
+    job->ns_errno = errno;
+    return;
+  }
+  int target = open(job->netns_path, O_RDONLY | O_CLOEXEC);
+  if (target < 0) {
+    job->ns_stage = "open";
+    job->ns_errno = errno;
+    close(home);
+    return;
+  }
+  if (setns(target, CLONE_NEWNET) != 0) {
+    job->ns_stage = "setns";
+    job->ns_errno = errno;
+    close(target);
+    close(home);
+    return;
+  }
+  close(target);
+  dial_both(job);
+  if (setns(home, CLONE_NEWNET) != 0) {
+    fprintf(stderr,
+            "cri-portforward: cannot return a worker thread to its network namespace after a "
+            "dial in %s: %s; aborting rather than run later work in the wrong namespace\n",
+            job->netns_path, strerror(errno));
+    abort();
+  }
+  close(home);
+}
+
+static void set_int(napi_env env, napi_value obj, const char *name, int value) {
+  napi_value v;
+  napi_create_int32(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  dial_job *job = data;
+  napi_value result;
+  napi_create_object(env, &result);
+  if (status != napi_ok) {
+    if (job->fd >= 0) close(job->fd);
+    job->fd = -1;
+    job->ns_stage = "cancelled";
+    job->ns_errno = ECANCELED;
+  }
+  set_int(env, result, "fd", job->fd);
+  set_int(env, result, "family", job->family);
+  set_int(env, result, "errno4", job->errno4);
+  set_int(env, result, "errno6", job->errno6);
+  set_int(env, result, "nsErrno", job->ns_errno);
+  if (job->ns_stage != NULL) {
+    napi_value stage;
+    napi_create_string_utf8(env, job->ns_stage, NAPI_AUTO_LENGTH, &stage);
+    napi_set_named_property(env, result, "nsStage", stage);
+  }
+  napi_resolve_deferred(env, job->deferred, result);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value throw_type_error(napi_env env, const char *message) {
+  napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3) {
+    return throw_type_error(env, "dialInNetns(netnsPath | null, port, timeoutMs) takes 3 arguments");
+  }
+  dial_job *job = calloc(1, sizeof *job);
+  if (job == NULL) return throw_type_error(env, "out of memory");
+  napi_valuetype type;
+  napi_typeof(env, argv[0], &type);
+  if (type == napi_string) {
+    size_t len = 0;
+    napi_get_value_string_utf8(env, argv[0], job->netns_path, sizeof job->netns_path, &len);
+    if (len == 0 || len >= sizeof job->netns_path - 1) {
+      free(job);
+      return throw_type_error(env, "netnsPath must be a non-empty path shorter than 4095 bytes");
+    }
+    job->has_netns = 1;
+  } else if (type != napi_null) {
+    free(job);
+    return throw_type_error(env, "netnsPath must be a string or null");
+  }
+  if (napi_get_value_int32(env, argv[1], &job->port) != napi_ok || job->port < 1 || job->port > 65535) {
+    free(job);
+    return throw_type_error(env, "port must be an integer in 1..65535");
+  }
+  if (napi_get_value_int32(env, argv[2], &job->timeout_ms) != napi_ok || job->timeout_ms < 1) {
+    free(job);
+    return throw_type_error(env, "timeoutMs must be a positive integer");
+  }
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "dialInNetns", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "dialInNetns", NAPI_AUTO_LENGTH, dial_in_netns, NULL, &fn);
+  napi_set_named_property(env, exports, "dialInNetns", fn);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,37 @@
+// Loads the native setns addon (native/netns_dial.c, built by node-gyp during npm ci).
+
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../package-info';
+
+/** What the addon reports for one dial: an fd, or the errno of each failed step. */
+export interface RawDialResult {
+  /** Connected socket fd, or -1. */
+  fd: number;
+  /** 4 or 6 on success. */
+  family: number;
+  /** errno of the 127.0.0.1 connect (0: not tried or succeeded). */
+  errno4: number;
+  /** errno of the [::1] connect (0: not tried or succeeded). */
+  errno6: number;
+  /** Set when the namespace could not be entered: "save", "open" or "setns". */
+  nsStage?: string;
+  nsErrno: number;
+}
+
+interface NetnsAddon {
+  dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<RawDialResult>;
+}
+
+const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'netns_dial.node');
+
+function load(): NetnsAddon {
+  try {
+    return require(ADDON_PATH) as NetnsAddon;
+  } catch (err) {
+    throw new Error(
+      `cannot load the native netns addon at ${ADDON_PATH} (built by "npm ci"; rebuild with "npm run install"): ${(err as Error).message}`,
+    );
+  }
+}
+
+export const addon: NetnsAddon = load();

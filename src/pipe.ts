@@ -1,0 +1,192 @@
+// Copies bytes both ways between a client-side duplex (a SPDY stream, a WebSocket channel,
+// a TCP socket in tests) and the pod socket, the way socat does:
+//
+// - backpressure both ways: a slow reader pauses its writer;
+// - half-close is propagated: the client's end becomes a FIN to the pod (containerd closes
+//   the pod socket instead), and the pod's end ends the client side;
+// - once the first direction has ended, the other gets `graceMs` to finish (containerd:
+//   1 s), then both sides are destroyed;
+// - an error on either side (ECONNRESET, EPIPE, a destroyed stream) ends only this pipe:
+//   the other side is destroyed with that error, so the protocol layer can reset its stream.
+//
+// Hot path: the pod socket reads into one buffer owned by the pipe (net.Socket `onread`),
+// so pod -> client costs no allocation but the view Node needs for each write. The buffer
+// is reused only once the client has taken the previous chunk: while a write is pending
+// the pod socket does not read. This relies on the Writable contract that a stream does
+// not touch a chunk after calling its write callback.
+//
+// Memory bound per pipe, beyond kernel socket buffers: pod -> client holds at most the one
+// read buffer (POD_READ_BUFFER_BYTES, 64 KiB), since the chunk in flight is a view of it;
+// client -> pod holds at most the pod socket's writable high-water mark (16 KiB) plus one
+// client chunk (<= 64 KiB from a net.Socket) and the client's own readable buffer
+// (16 KiB + one chunk) while paused: about 224 KiB in all (test/integration/pipe.test.ts).
+
+import type { OnReadOpts, Socket, SocketConstructorOpts } from 'node:net';
+import type { Duplex } from 'node:stream';
+
+/** One read buffer per pipe for pod -> client. */
+export const POD_READ_BUFFER_BYTES = 64 * 1024;
+/** containerd's grace for the second direction once the first has ended. */
+export const DEFAULT_HALF_CLOSE_GRACE_MS = 1_000;
+
+/**
+ * done: both directions ended; grace-expired: the second did not end in time;
+ * pod-error / client-error: that side failed (reset, broken pipe, destroyed);
+ * closed: close() was called from outside (the session ended).
+ */
+export type PipeOutcome = 'done' | 'grace-expired' | 'pod-error' | 'client-error' | 'closed';
+
+export interface PipeResult {
+  outcome: PipeOutcome;
+  /** The error that ended the pipe, for pod-error and client-error. */
+  error?: Error;
+  bytesToPod: number;
+  bytesToClient: number;
+}
+
+/** @types/node 20 lacks `onread` on the constructor options, which Node 20 accepts. */
+export type PodSocketOptions = SocketConstructorOpts & { onread?: OnReadOpts };
+
+export interface PipeOptions {
+  graceMs?: number;
+}
+
+export class Pipe {
+  readonly #client: Duplex;
+  readonly #graceMs: number;
+  readonly #podBuffer = Buffer.allocUnsafe(POD_READ_BUFFER_BYTES);
+  #pod: Socket | undefined;
+  #clientDone = false;
+  #podDone = false;
+  #podReadBlocked = false;
+  #graceTimer: NodeJS.Timeout | undefined;
+  #result: PipeResult | undefined;
+  #bytesToPod = 0;
+  #bytesToClient = 0;
+  #resolveDone!: (result: PipeResult) => void;
+  /** Settles once, when the pipe has ended for any reason; never rejects. */
+  readonly done: Promise<PipeResult>;
+
+  constructor(client: Duplex, options: PipeOptions = {}) {
+    this.#client = client;
+    this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
+    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    client.on('error', this.#onClientError);
+  }
+
+  /** Options for the pod socket the pipe will own (pass them to Forwarder.open). */
+  podSocketOptions(): PodSocketOptions {
+    return { allowHalfOpen: true, onread: { buffer: this.#podBuffer, callback: this.#onPodRead } };
+  }
+
+  /** Start copying; the pipe owns both sides from now on. */
+  start(pod: Socket): void {
+    this.#pod = pod;
+    if (this.#result !== undefined) {
+      pod.destroy();
+      return;
+    }
+    pod.on('error', this.#onPodError);
+    pod.on('end', this.#onPodEnd);
+    pod.on('close', this.#onPodClose);
+    pod.on('drain', this.#onPodDrain);
+    const client = this.#client;
+    client.on('data', this.#onClientData);
+    client.on('end', this.#onClientEnd);
+    client.on('close', this.#onClientClose);
+    if (client.readableEnded) this.#onClientEnd();
+  }
+
+  /** End the pipe from outside (the session is going away): both sides are destroyed. */
+  close(): void {
+    this.#finish('closed');
+  }
+
+  // pod -> client ---------------------------------------------------------------------
+
+  readonly #onPodRead = (nread: number, buffer: Buffer): boolean => {
+    if (this.#result !== undefined) return false;
+    this.#bytesToClient += nread;
+    const client = this.#client;
+    client.write(nread === buffer.length ? buffer : buffer.subarray(0, nread), this.#onClientWritten);
+    if (client.writableLength === 0) return true;
+    // The client still holds a view of our buffer: stop reading until it lets go.
+    this.#podReadBlocked = true;
+    return false;
+  };
+
+  readonly #onClientWritten = (err?: Error | null): void => {
+    if (err || !this.#podReadBlocked || this.#result !== undefined) return;
+    if (this.#client.writableLength !== 0) return; // an earlier write is still pending
+    this.#podReadBlocked = false;
+    this.#pod?.resume();
+  };
+
+  readonly #onPodEnd = (): void => {
+    this.#podDone = true;
+    this.#client.end();
+    this.#directionEnded();
+  };
+
+  // client -> pod ---------------------------------------------------------------------
+
+  readonly #onClientData = (chunk: Buffer): void => {
+    this.#bytesToPod += chunk.length;
+    if (!this.#pod!.write(chunk)) this.#client.pause();
+  };
+
+  readonly #onPodDrain = (): void => {
+    this.#client.resume();
+  };
+
+  readonly #onClientEnd = (): void => {
+    if (this.#clientDone) return;
+    this.#clientDone = true;
+    this.#pod?.end(); // FIN to the app; its remaining output still flows to the client
+    this.#directionEnded();
+  };
+
+  // endings ---------------------------------------------------------------------------
+
+  #directionEnded(): void {
+    if (this.#result !== undefined) return;
+    if (this.#clientDone && this.#podDone) {
+      this.#finish('done');
+    } else if (this.#graceTimer === undefined) {
+      this.#graceTimer = setTimeout(this.#onGraceExpired, this.#graceMs);
+    }
+  }
+
+  readonly #onGraceExpired = (): void => {
+    this.#graceTimer = undefined;
+    this.#finish('grace-expired');
+  };
+
+  readonly #onPodError = (err: Error): void => this.#finish('pod-error', err);
+  readonly #onClientError = (err: Error): void => this.#finish('client-error', err);
+
+  // A side that closes without an error or its end was destroyed: the pipe cannot go on.
+  readonly #onPodClose = (): void => {
+    if (!this.#podDone || !this.#clientDone) this.#finish('pod-error', new Error('pod connection closed'));
+  };
+
+  readonly #onClientClose = (): void => {
+    if (!this.#podDone || !this.#clientDone) this.#finish('client-error', new Error('client stream closed'));
+  };
+
+  #finish(outcome: PipeOutcome, error?: Error): void {
+    if (this.#result !== undefined) return;
+    this.#result = { outcome, bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
+    if (error !== undefined) this.#result.error = error;
+    if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+    if (outcome !== 'done') {
+      // The side that failed is passed the other's error, so a protocol layer can tell a
+      // reset (pod-error: the client stream is destroyed with the pod's error) from a close.
+      this.#pod?.destroy();
+      if (outcome === 'pod-error') this.#client.destroy(error);
+      else this.#client.destroy();
+    }
+    this.#resolveDone(this.#result);
+  }
+}

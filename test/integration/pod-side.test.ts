@@ -1,0 +1,305 @@
+// The pod side: dials through the native setns addon into real namespaces made by the
+// embedded store, real TCP apps inside them, and the pipe between a client and the app.
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { after, before, describe, it } from 'node:test';
+import { createLogger } from '../../src/log';
+import { DialError, Forwarder } from '../../src/netns/forwarder';
+import { EmbeddedSandboxStore } from '../../src/sandbox/embedded';
+import { POD_READ_BUFFER_BYTES } from '../../src/pipe';
+import { startPodApp, type PodApp } from '../support/apps';
+import { PipeHarness } from '../support/pipe-harness';
+import { rootSkipReason } from '../support/root';
+import { makeTempDir, mountsUnder } from '../support/server-process';
+
+const skip = rootSkipReason();
+
+function readAll(socket: Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  return new Promise((resolve, reject) => {
+    socket.once('end', () => resolve(Buffer.concat(chunks)));
+    socket.once('error', reject);
+  });
+}
+
+function fdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Network namespace of every thread of this process. */
+function threadNamespaces(): Set<string> {
+  return new Set(readdirSync('/proc/self/task').map((tid) => readlinkSync(`/proc/self/task/${tid}/ns/net`)));
+}
+
+async function echoRoundTrip(forwarded: { client: Socket }, payload: Buffer): Promise<Buffer> {
+  const received = readAll(forwarded.client);
+  forwarded.client.end(payload);
+  return received;
+}
+
+describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
+  const dir = skip ? '' : makeTempDir();
+  const log = createLogger('error');
+  const apps: PodApp[] = [];
+  let store: EmbeddedSandboxStore;
+  let forwarder: Forwarder;
+  let harness: PipeHarness;
+  let sandboxId: string;
+  let netnsPath: string;
+  let fdsAtStart: number;
+
+  const app = async (...args: Parameters<typeof startPodApp>): Promise<PodApp> => {
+    const started = await startPodApp(...args);
+    apps.push(started);
+    return started;
+  };
+
+  before(async () => {
+    fdsAtStart = fdCount();
+    store = await EmbeddedSandboxStore.open(`${dir}/state`, log);
+    forwarder = new Forwarder(store);
+    harness = await PipeHarness.start();
+    const record = await store.run({
+      metadata: { name: 'pod', namespace: 'test', uid: 'u', attempt: 0 },
+      labels: {},
+      annotations: {},
+      runtimeHandler: '',
+      networkMode: 'POD',
+    });
+    sandboxId = record.id;
+    netnsPath = record.netnsPath!;
+  });
+
+  after(async () => {
+    await Promise.all(apps.map((a) => a.stop()));
+    await harness?.close();
+    if (store) {
+      for (const s of store.list()) await store.remove(s.id);
+      await store.close();
+    }
+    if (!dir) return;
+    const leftovers = mountsUnder(dir);
+    for (const m of leftovers) execFileSync('umount', [m]);
+    rmSync(dir, { recursive: true, force: true });
+    assert.deepEqual(leftovers, [], 'no namespace left mounted');
+    // Let the last sockets finish closing before counting descriptors.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(fdCount(), fdsAtStart, 'no fd left open');
+  });
+
+  it('reaches an app on 127.0.0.1 inside the namespace, not the host', async () => {
+    const echo = await app(netnsPath, 'echo', '127.0.0.1');
+    const forwarded = await harness.forward(forwarder, sandboxId, echo.port);
+    assert.equal(forwarded.pod.remoteAddress, '127.0.0.1');
+    assert.equal((await echoRoundTrip(forwarded, Buffer.from('hello pod'))).toString(), 'hello pod');
+    assert.equal((await forwarded.result).outcome, 'done');
+    // The same port on the host's loopback has nothing listening.
+    await assert.rejects(new Promise((resolve, reject) => {
+      const probe = createServer().listen(echo.port, '127.0.0.1', () => probe.close(resolve));
+      probe.on('error', reject);
+    }).then(() => Promise.reject(new Error('port free on the host, as expected'))), /as expected/);
+  });
+
+  it('falls back to [::1] for an IPv6-only app', async () => {
+    const v6 = await app(netnsPath, 'echo', '::1');
+    const forwarded = await harness.forward(forwarder, sandboxId, v6.port);
+    assert.equal(forwarded.pod.remoteAddress, '::1');
+    assert.equal((await echoRoundTrip(forwarded, Buffer.from('six'))).toString(), 'six');
+  });
+
+  it('reaches an app bound to 0.0.0.0', async () => {
+    const any = await app(netnsPath, 'echo', '0.0.0.0');
+    const forwarded = await harness.forward(forwarder, sandboxId, any.port);
+    assert.equal((await echoRoundTrip(forwarded, Buffer.from('any'))).toString(), 'any');
+  });
+
+  it('reports both refused dials in upstream format when nothing listens', async () => {
+    const err = await forwarder.open(sandboxId, 1).then(
+      () => assert.fail('dial must fail'),
+      (e: unknown) => e as DialError,
+    );
+    assert.ok(err instanceof DialError);
+    assert.equal(err.failure, 'refused');
+    assert.equal(
+      err.message,
+      `failed to execute portforward in network namespace "${netnsPath}": failed to connect to localhost:1 inside namespace "${sandboxId}", ` +
+        'IPv4: dial tcp4 127.0.0.1:1: connect: connection refused IPv6 dial tcp6 [::1]:1: connect: connection refused ',
+    );
+  });
+
+  it('reaches an app on the host loopback for a host-network sandbox', async () => {
+    const host = await store.run({
+      metadata: { name: 'host', namespace: 'test', uid: 'h', attempt: 0 },
+      labels: {},
+      annotations: {},
+      runtimeHandler: '',
+      networkMode: 'NODE',
+    });
+    const onHost = await app(null, 'echo', '127.0.0.1');
+    const forwarded = await harness.forward(forwarder, host.id, onHost.port);
+    assert.equal((await echoRoundTrip(forwarded, Buffer.from('host'))).toString(), 'host');
+    await store.remove(host.id);
+  });
+
+  it('says the namespace is closed when the sandbox was removed, or its namespace vanished', async () => {
+    const gone = await store.run({
+      metadata: { name: 'gone', namespace: 'test', uid: 'g', attempt: 0 },
+      labels: {},
+      annotations: {},
+      runtimeHandler: '',
+      networkMode: 'POD',
+    });
+    // Vanished: the bind mount is gone but the record says READY (what a reboot leaves).
+    execFileSync('umount', [gone.netnsPath!]);
+    const vanished = await forwarder.open(gone.id, 80).catch((e: unknown) => e as DialError);
+    assert.ok(vanished instanceof DialError);
+    assert.equal(vanished.failure, 'netns-closed');
+    assert.match(vanished.message, new RegExp(`^network namespace for sandbox "${gone.id}" is closed`));
+    await store.remove(gone.id);
+    const removed = await forwarder.open(gone.id, 80).catch((e: unknown) => e as DialError);
+    assert.ok(removed instanceof DialError);
+    assert.equal(removed.failure, 'sandbox-gone');
+    assert.equal(removed.message, `network namespace for sandbox "${gone.id}" is closed`);
+  });
+
+  it('leaves every thread in the host namespace and no fd open after 10 000 dials', async () => {
+    const echo = await app(netnsPath, 'echo', '127.0.0.1');
+    const hostNs = readlinkSync('/proc/self/ns/net');
+    await new Promise((r) => setTimeout(r, 50));
+    const fdsBefore = fdCount();
+    let next = 0;
+    // 8 dials in flight keep every libuv worker thread busy with setns.
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next++ < 10_000) {
+          const socket = await forwarder.open(sandboxId, echo.port);
+          socket.destroy();
+          await once(socket, 'close');
+        }
+      }),
+    );
+    assert.deepEqual([...threadNamespaces()], [hostNs]);
+    assert.equal(fdCount(), fdsBefore);
+  });
+
+  it('propagates half-close: "abc" then FIN, the app answers 100 bytes after EOF', async () => {
+    const answering = await app(netnsPath, 'answer-after-eof');
+    const forwarded = await harness.forward(forwarder, sandboxId, answering.port);
+    const answer = await echoRoundTrip(forwarded, Buffer.from('abc'));
+    assert.equal(answer.length, 100);
+    const result = await forwarded.result;
+    assert.equal(result.outcome, 'done');
+    assert.deepEqual([result.bytesToPod, result.bytesToClient], [3, 100]);
+  });
+
+  it('cuts an app that never closes after the grace period (default 1 s, and configured)', async () => {
+    const stubborn = await app(netnsPath, 'never-close');
+    for (const [graceMs, min, max] of [
+      [undefined, 900, 1800],
+      [250, 200, 900],
+    ] as const) {
+      const forwarded = await harness.forward(forwarder, sandboxId, stubborn.port, graceMs);
+      const closed = once(forwarded.client, 'close');
+      forwarded.client.on('data', () => undefined);
+      forwarded.client.on('error', () => undefined);
+      const started = Date.now();
+      forwarded.client.end('bye');
+      const result = await forwarded.result;
+      await closed;
+      const elapsed = Date.now() - started;
+      assert.equal(result.outcome, 'grace-expired');
+      assert.ok(elapsed >= min && elapsed <= max, `closed after ${elapsed} ms (grace ${graceMs ?? 'default'})`);
+    }
+  });
+
+  it('ends only the one connection when the app resets mid-transfer', async () => {
+    const resetting = await app(netnsPath, 'reset');
+    const echo = await app(netnsPath, 'echo');
+    const other = await harness.forward(forwarder, sandboxId, echo.port);
+    const forwarded = await harness.forward(forwarder, sandboxId, resetting.port);
+    forwarded.client.on('data', () => undefined);
+    forwarded.client.on('error', () => undefined);
+    forwarded.client.write('go');
+    const result = await forwarded.result;
+    assert.equal(result.outcome, 'pod-error');
+    assert.match(String((result.error as NodeJS.ErrnoException).code), /ECONNRESET|EPIPE/);
+    assert.ok(forwarded.clientSide.destroyed);
+    // The other connection is untouched.
+    assert.equal((await echoRoundTrip(other, Buffer.from('still here'))).toString(), 'still here');
+  });
+
+  it('keeps memory per connection bounded when the client does not read', async () => {
+    const flood = await app(netnsPath, 'flood');
+    const forwarded = await harness.forward(forwarder, sandboxId, flood.port);
+    forwarded.client.pause();
+    await new Promise((r) => setTimeout(r, 500));
+    const held = forwarded.clientSide.writableLength + forwarded.pod.readableLength;
+    assert.ok(held <= POD_READ_BUFFER_BYTES, `pod -> client holds ${held} bytes`);
+    const before = forwarded.clientSide.bytesWritten;
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(forwarded.clientSide.bytesWritten, before, 'the pod side stopped reading');
+    forwarded.client.destroy();
+    assert.equal((await forwarded.result).outcome, 'client-error');
+  });
+
+  it('keeps memory per connection bounded when the app does not read', async () => {
+    const deaf = await app(netnsPath, 'ignore');
+    const forwarded = await harness.forward(forwarder, sandboxId, deaf.port);
+    const chunk = Buffer.alloc(64 * 1024);
+    let accepted = 0;
+    const pump = (): void => {
+      while (forwarded.client.write(chunk)) accepted += chunk.length;
+    };
+    forwarded.client.on('drain', pump);
+    pump();
+    await new Promise((r) => setTimeout(r, 500));
+    const held = forwarded.pod.writableLength + forwarded.clientSide.readableLength;
+    assert.ok(held <= 224 * 1024, `client -> pod holds ${held} bytes`);
+    assert.ok(accepted < 64 * 1024 * 1024, 'the client was paused');
+    // The app dies with unread data: the kernel resets, and only this pipe ends.
+    forwarded.client.on('error', () => undefined);
+    await deaf.stop();
+    assert.equal((await forwarded.result).outcome, 'pod-error');
+    forwarded.client.destroy();
+  });
+
+  it('carries 1 GiB both ways through an echo app, sha256-equal', async () => {
+    const echo = await app(netnsPath, 'echo');
+    const forwarded = await harness.forward(forwarder, sandboxId, echo.port);
+    const total = 1 << 30;
+    const block = randomBytes(1 << 20);
+    const sent = createHash('sha256');
+    const received = createHash('sha256');
+    let receivedBytes = 0;
+    forwarded.client.on('data', (c: Buffer) => {
+      received.update(c);
+      receivedBytes += c.length;
+    });
+    const ended = once(forwarded.client, 'end');
+    let written = 0;
+    const pump = (): void => {
+      while (written < total) {
+        // Vary the block so that a dropped or repeated chunk changes the hash.
+        const piece = Buffer.from(block);
+        piece.writeUInt32BE(written / block.length);
+        sent.update(piece);
+        written += piece.length;
+        if (!forwarded.client.write(piece)) return;
+      }
+      forwarded.client.end();
+    };
+    forwarded.client.on('drain', pump);
+    pump();
+    await ended;
+    assert.equal(receivedBytes, total);
+    assert.equal(received.digest('hex'), sent.digest('hex'));
+    const result = await forwarded.result;
+    assert.deepEqual([result.outcome, result.bytesToPod, result.bytesToClient], ['done', total, total]);
+  });
+});

@@ -1,0 +1,50 @@
+// A TCP app to run inside a sandbox: `node pod-app.js <mode> <host> <port>` prints
+// {"port":N} once listening. Started with nsenter --net=<netns> by test/support/apps.ts.
+//
+// modes: echo (echoes; ends after the client's FIN), answer-after-eof (reads to EOF, then
+// writes 100 bytes and ends), never-close (reads, never ends), reset (writes 1 MiB, then
+// resets), flood (writes forever), ignore (never reads).
+
+import { createServer, type Socket } from 'node:net';
+
+const [mode, host, portText] = process.argv.slice(2);
+
+function serve(socket: Socket): void {
+  socket.on('error', () => undefined);
+  switch (mode) {
+    case 'echo':
+      socket.pipe(socket);
+      break;
+    case 'answer-after-eof':
+      socket.resume();
+      socket.on('end', () => socket.end(Buffer.alloc(100, 'x')));
+      break;
+    case 'never-close':
+      socket.resume();
+      break;
+    case 'reset':
+      socket.resume();
+      socket.write(Buffer.alloc(1 << 20, 'r'), () => setTimeout(() => socket.resetAndDestroy(), 50));
+      break;
+    case 'flood': {
+      const chunk = Buffer.alloc(64 * 1024, 'f');
+      const more = (): void => {
+        while (!socket.destroyed && socket.write(chunk));
+      };
+      socket.on('drain', more);
+      more();
+      break;
+    }
+    case 'ignore':
+      socket.pause();
+      break;
+    default:
+      throw new Error(`unknown mode ${mode}`);
+  }
+}
+
+const server = createServer({ allowHalfOpen: true }, serve);
+server.listen(Number(portText), host, () => {
+  const address = server.address();
+  process.stdout.write(JSON.stringify({ port: typeof address === 'object' && address ? address.port : 0 }) + '\n');
+});
