@@ -4,10 +4,15 @@
 // Measured here:
 // - PortForward RPCs per second over the CRI unix socket (grpc-js client, 64 calls in
 //   flight, against the real server process; goal >= 5000/s on 2 cores);
-// - heap bytes per cached token (100k tokens in a TokenCache, after GC).
+// - heap bytes per cached token (100k tokens in a TokenCache, after GC);
+// - dials per second into one network namespace (root; goal >= 10 000/s);
+// - 1 GiB down and up through one pipe (a relay process of ours) next to a direct loopback
+//   transfer and a socat -b1048576 relay hop: MB/s, ratio to direct, relay CPU s/GiB and
+//   its ratio to socat's (goal <= 1.6x).
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
+import { dialRate, transfer, type Direction } from './pod-side';
 import { TokenCache } from '../src/streaming/tokens';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
 import { startServer } from '../test/support/server-process';
@@ -59,8 +64,39 @@ function tokenMemory(): Row {
   return { name: 'heap per cached token', value: Math.round(bytes), unit: 'bytes' };
 }
 
+const TRANSFER_BYTES = 2 ** 30;
+
+async function podSideRows(): Promise<Row[]> {
+  const rows: Row[] = [];
+  if (process.getuid?.() === 0) {
+    rows.push({ name: 'dials into one netns', value: Math.round(await dialRate()), unit: 'dials/s', goal: '>= 10000' });
+  } else {
+    process.stderr.write('skipping the dial benchmark: creating a network namespace needs root\n');
+  }
+  for (const direction of ['download', 'upload'] as Direction[]) {
+    const direct = await transfer('direct', direction, TRANSFER_BYTES);
+    const socat = await transfer('socat', direction, TRANSFER_BYTES);
+    const pipe = await transfer('pipe', direction, TRANSFER_BYTES);
+    const round = (n: number, digits = 2): number => Number(n.toFixed(digits));
+    rows.push({ name: `${direction} 1 GiB direct loopback`, value: Math.round(direct!.mbPerSecond), unit: 'MB/s' });
+    if (socat === undefined) {
+      process.stderr.write('socat not found (apt-get install socat): no relay reference\n');
+    } else {
+      rows.push({ name: `${direction} 1 GiB via socat`, value: Math.round(socat.mbPerSecond), unit: 'MB/s' });
+      rows.push({ name: `${direction} socat CPU per GiB`, value: round(socat.cpuPerGiB!, 3), unit: 's/GiB' });
+    }
+    rows.push({ name: `${direction} 1 GiB via pipe`, value: Math.round(pipe!.mbPerSecond), unit: 'MB/s' });
+    rows.push({ name: `${direction} pipe / direct throughput`, value: round(pipe!.mbPerSecond / direct!.mbPerSecond), unit: 'ratio' });
+    rows.push({ name: `${direction} pipe CPU per GiB`, value: round(pipe!.cpuPerGiB!, 3), unit: 's/GiB' });
+    if (socat !== undefined) {
+      rows.push({ name: `${direction} pipe CPU / socat CPU`, value: round(pipe!.cpuPerGiB! / socat.cpuPerGiB!), unit: 'ratio', goal: '<= 1.6' });
+    }
+  }
+  return rows;
+}
+
 async function main(): Promise<void> {
-  const rows: Row[] = [tokenMemory(), await portForwardRate()];
+  const rows: Row[] = [tokenMemory(), await portForwardRate(), ...(await podSideRows())];
   const width = Math.max(...rows.map((r) => r.name.length));
   process.stdout.write(`${'benchmark'.padEnd(width)}  ${'value'.padStart(10)}  unit       goal\n`);
   for (const r of rows) {

@@ -13,7 +13,15 @@ export interface PodApp {
   stop(): Promise<void>;
 }
 
-export type PodAppMode = 'echo' | 'answer-after-eof' | 'never-close' | 'reset' | 'flood' | 'ignore';
+export type PodAppMode =
+  | 'echo'
+  | 'answer-after-eof'
+  | 'never-close'
+  | 'reset'
+  | 'flood'
+  | 'ignore'
+  | 'sink'
+  | `source:${number}`;
 
 export async function startPodApp(
   netnsPath: string | null,

@@ -3,15 +3,40 @@
 //
 // modes: echo (echoes; ends after the client's FIN), answer-after-eof (reads to EOF, then
 // writes 100 bytes and ends), never-close (reads, never ends), reset (writes 1 MiB, then
-// resets), flood (writes forever), ignore (never reads).
+// resets), flood (writes forever), ignore (never reads), source:<bytes> (writes that many
+// bytes, then ends), sink (reads to EOF, then ends).
 
 import { createServer, type Socket } from 'node:net';
 
 const [mode, host, portText] = process.argv.slice(2);
 
+function source(socket: Socket, total: number): void {
+  const chunk = Buffer.alloc(1 << 20, 's');
+  let left = total;
+  const more = (): void => {
+    while (left > 0) {
+      const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+      left -= piece.length;
+      if (!socket.write(piece)) return;
+    }
+    socket.end();
+  };
+  socket.on('drain', more);
+  more();
+}
+
 function serve(socket: Socket): void {
   socket.on('error', () => undefined);
+  if (mode?.startsWith('source:')) {
+    socket.resume();
+    source(socket, Number(mode.slice('source:'.length)));
+    return;
+  }
   switch (mode) {
+    case 'sink':
+      socket.resume();
+      socket.on('end', () => socket.end());
+      break;
     case 'echo':
       socket.pipe(socket);
       break;

@@ -1,0 +1,126 @@
+// Pod-side benchmarks: dials per second into one namespace, and CPU per GiB through one
+// pipe next to a direct loopback transfer and one socat -b1048576 relay hop, all measured
+// in the same run (absolute figures differ 2x between machines; the ratios travel).
+
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { createLogger } from '../src/log';
+import { Forwarder } from '../src/netns/forwarder';
+import { EmbeddedSandboxStore } from '../src/sandbox/embedded';
+import { startPodApp } from '../test/support/apps';
+import { makeTempDir } from '../test/support/server-process';
+
+const DIALS = 20_000;
+const DIALS_IN_FLIGHT = 8;
+
+export async function dialRate(): Promise<number> {
+  const dir = makeTempDir('cripf-bench-');
+  const store = await EmbeddedSandboxStore.open(join(dir, 'state'), createLogger('error'));
+  const sandbox = await store.run({
+    metadata: { name: 'bench', namespace: 'bench', uid: 'b', attempt: 0 },
+    labels: {},
+    annotations: {},
+    runtimeHandler: '',
+    networkMode: 'POD',
+  });
+  const app = await startPodApp(sandbox.netnsPath, 'sink');
+  try {
+    const forwarder = new Forwarder(store);
+    let next = 0;
+    const started = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: DIALS_IN_FLIGHT }, async () => {
+        while (next++ < DIALS) {
+          const socket = await forwarder.open(sandbox.id, app.port);
+          socket.destroy();
+          await once(socket, 'close');
+        }
+      }),
+    );
+    return DIALS / (Number(process.hrtime.bigint() - started) / 1e9);
+  } finally {
+    await app.stop();
+    await store.remove(sandbox.id);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export type Hop = 'direct' | 'socat' | 'pipe';
+export type Direction = 'download' | 'upload';
+
+export interface Transfer {
+  mbPerSecond: number;
+  /** CPU seconds of the relay process per GiB moved (undefined for direct). */
+  cpuPerGiB?: number;
+}
+
+const BENCH_DIR = __dirname;
+
+function firstJsonLine(proc: ReturnType<typeof spawn>): Promise<Record<string, number | string>> {
+  return new Promise((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).once('line', (line) => resolve(JSON.parse(line)));
+    proc.once('exit', (code) => reject(new Error(`${proc.spawnfile} exited with ${code} before printing`)));
+  });
+}
+
+function socatAvailable(): boolean {
+  try {
+    execFileSync('socat', ['-V'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function transfer(hop: Hop, direction: Direction, bytes: number): Promise<Transfer | undefined> {
+  if (hop === 'socat' && !socatAvailable()) return undefined;
+  const app = await startPodApp(null, direction === 'download' ? `source:${bytes}` : 'sink');
+  try {
+    let port = app.port;
+    let relayCpu: Promise<number> | undefined;
+    if (hop === 'pipe') {
+      const relay = spawn(process.execPath, [join(BENCH_DIR, 'relay.js'), '-', String(app.port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const lines = createInterface({ input: relay.stdout! });
+      const iter = lines[Symbol.asyncIterator]();
+      port = JSON.parse((await iter.next()).value as string).port;
+      relayCpu = iter.next().then((r) => JSON.parse(r.value as string).cpuSeconds as number);
+    } else if (hop === 'socat') {
+      port = 20000 + Math.floor(Math.random() * 20000);
+      // bash's `times` prints the CPU of its finished children: socat's own user+sys.
+      const relay = spawn('bash', ['-c', `socat -b1048576 TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr TCP:127.0.0.1:${app.port}; times`], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      relay.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      relayCpu = once(relay, 'exit').then(() => {
+        const children = out.trim().split('\n')[1] ?? '';
+        const [user, system] = [...children.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
+        return (user ?? NaN) + (system ?? NaN);
+      });
+      await waitForListener(port);
+    }
+    const load = spawn(process.execPath, [join(BENCH_DIR, 'load.js'), direction, String(port), String(bytes)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const done = await firstJsonLine(load);
+    if (Number(done.bytes) !== bytes) throw new Error(`${hop} ${direction}: moved ${done.bytes} of ${bytes} bytes`);
+    const result: Transfer = { mbPerSecond: bytes / 1e6 / Number(done.seconds) };
+    if (relayCpu !== undefined) result.cpuPerGiB = (await relayCpu) / (bytes / 2 ** 30);
+    return result;
+  } finally {
+    await app.stop();
+  }
+}
+
+async function waitForListener(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    // Probe with ss rather than a connection: socat without fork serves one connection only.
+    const listening = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '';
+    if (listening) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`socat did not listen on ${port}`);
+}
