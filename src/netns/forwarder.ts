@@ -42,7 +42,7 @@ export class Forwarder {
    * A socket connected to localhost:port inside the sandbox. `socketOptions` lets the
    * caller (the pipe) set onread and allowHalfOpen on the socket it will own.
    */
-  async open(sandboxId: string, port: number, socketOptions: SocketConstructorOpts & { onread?: OnReadOpts } = {}): Promise<Socket> {
+  async open(sandboxId: string, port: number, socketOptions: SocketConstructorOpts & { onread?: OnReadOpts; writableHighWaterMark?: number } = {}): Promise<Socket> {
     const sandbox = await this.#resolver.resolve(sandboxId);
     if (sandbox === undefined || !sandbox.ready) {
       // The sandbox went away (or stopped) after its URL was issued.
