@@ -5,7 +5,7 @@
 // The worker thread enters the namespace with setns(CLONE_NEWNET), creates the socket
 // (a socket belongs to the namespace of the thread that creates it, for its whole life),
 // connects to 127.0.0.1 and, only if that fails, to [::1] (serially: a parallel dial would
-// need a second thread in the namespace), then returns to the namespace it came from. If
+// need a second thread in the namespace), then returns to the process's own namespace. If
 // it cannot return, the process aborts: a worker thread left in a pod's namespace would
 // run later, unrelated work (DNS lookups, file I/O, other dials) in the wrong network.
 // The main thread never calls setns.
@@ -29,6 +29,11 @@
 #include <unistd.h>
 
 #define MAX_PATH_BYTES 4096
+
+// The namespace worker threads return to: the process's own, opened once at load time
+// (the main thread never changes namespace, and every worker starts in it). Saves an
+// open and a close per dial.
+static int home_netns_fd = -1;
 
 typedef struct {
   napi_async_work work;
@@ -126,36 +131,32 @@ static void execute(napi_env env, void *data) {
     dial_both(job);
     return;
   }
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) {
+  if (home_netns_fd < 0) {
     job->ns_stage = "save";
-    job->ns_errno = errno;
+    job->ns_errno = EBADF;
     return;
   }
   int target = open(job->netns_path, O_RDONLY | O_CLOEXEC);
   if (target < 0) {
     job->ns_stage = "open";
     job->ns_errno = errno;
-    close(home);
     return;
   }
   if (setns(target, CLONE_NEWNET) != 0) {
     job->ns_stage = "setns";
     job->ns_errno = errno;
     close(target);
-    close(home);
     return;
   }
   close(target);
   dial_both(job);
-  if (setns(home, CLONE_NEWNET) != 0) {
+  if (setns(home_netns_fd, CLONE_NEWNET) != 0) {
     fprintf(stderr,
             "cri-portforward: cannot return a worker thread to its network namespace after a "
             "dial in %s: %s; aborting rather than run later work in the wrong namespace\n",
             job->netns_path, strerror(errno));
     abort();
   }
-  close(home);
 }
 
 static void set_int(napi_env env, napi_value obj, const char *name, int value) {
@@ -233,6 +234,11 @@ static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+  if (home_netns_fd < 0) home_netns_fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home_netns_fd < 0) {
+    napi_throw_error(env, NULL, "cannot open /proc/self/ns/net: the netns dialer needs procfs");
+    return NULL;
+  }
   napi_value fn;
   napi_create_function(env, "dialInNetns", NAPI_AUTO_LENGTH, dial_in_netns, NULL, &fn);
   napi_set_named_property(env, exports, "dialInNetns", fn);
