@@ -4,7 +4,9 @@ import type { Config } from './config';
 import { CriServer } from './cri/server';
 import type { Logger } from './log';
 import { createMetrics } from './metrics';
+import { Forwarder } from './netns/forwarder';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
+import { SpdyPortForwardProtocol } from './streaming/portforward/spdy';
 import { StreamingServer } from './streaming/server';
 import { TokenCache } from './streaming/tokens';
 
@@ -24,12 +26,20 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     maxInflight: config.maxInflightTokens,
     metrics,
   });
+  const forwardDeps = {
+    forwarder: new Forwarder(store),
+    metrics,
+    log: log.child({ component: 'portforward' }),
+    halfCloseGraceMs: config.halfCloseGraceMs,
+    refusedDial: config.refusedDial,
+    idleTimeoutMs: config.streamIdleTimeoutMs,
+  };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,
     tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
     tokens,
     metrics,
-    protocols: [],
+    protocols: [new SpdyPortForwardProtocol(forwardDeps)],
     log: log.child({ component: 'streaming' }),
   }).catch((err: unknown) => {
     tokens.close();

@@ -32,6 +32,10 @@ export interface Config {
   logLevel: LogLevel;
   /** Time the second direction of a forward gets once the first has ended. */
   halfCloseGraceMs: number;
+  /** A port-forward session with no frame for this long is ended (upstream: 4 h). */
+  streamIdleTimeoutMs: number;
+  /** Nothing listening on a forwarded port: reset that connection, or end the session as upstream. */
+  refusedDial: 'reset' | 'error';
 }
 
 export class ConfigError extends Error {
@@ -58,6 +62,8 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'token-ttl', value: 'duration', default: '1m', help: 'how long a PortForward URL stays redeemable (e.g. 30s, 1m, 1m30s)' },
   { name: 'max-inflight-tokens', value: 'n', default: String(DEFAULT_MAX_INFLIGHT_TOKENS), help: 'PortForward URLs issued and not yet redeemed; beyond it PortForward answers RESOURCE_EXHAUSTED' },
   { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may go on before both are closed (containerd: 1s)' },
+  { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
+  { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
   { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
 ];
 
@@ -90,7 +96,22 @@ export function buildConfig(flags: RawFlags): Config {
     maxInflightTokens: parsePositiveInt('max-inflight-tokens', get('max-inflight-tokens') ?? ''),
     logLevel,
     halfCloseGraceMs: parseDuration('half-close-grace', get('half-close-grace') ?? ''),
+    streamIdleTimeoutMs: positiveDuration('stream-idle-timeout', get('stream-idle-timeout') ?? ''),
+    refusedDial: parseRefusedDial(get('refused-dial') ?? ''),
   };
+}
+
+function positiveDuration(flag: string, value: string): number {
+  const ms = parseDuration(flag, value);
+  if (ms < 1) throw new ConfigError(`--${flag} must be at least 1ms`);
+  return ms;
+}
+
+function parseRefusedDial(value: string): 'reset' | 'error' {
+  if (value !== 'reset' && value !== 'error') {
+    throw new ConfigError(`--refused-dial must be reset or error, not "${value}"`);
+  }
+  return value;
 }
 
 function requirePath(flag: string, value: string | undefined): string {

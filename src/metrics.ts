@@ -11,6 +11,13 @@ export interface Metrics {
   readonly tokensRedeemed: Counter;
   readonly tokensExpired: Counter;
   readonly tokensRejected: Counter<'reason'>;
+  readonly sessionsActive: Gauge<'protocol'>;
+  readonly sessionsTotal: Counter<'protocol'>;
+  readonly handshakeFailures: Counter<'protocol' | 'reason'>;
+  readonly forwardsActive: Gauge;
+  readonly forwardsTotal: Counter;
+  readonly dialErrors: Counter<'reason'>;
+  readonly forwardedBytes: Counter<'direction'>;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
 }
@@ -50,6 +57,46 @@ export function createMetrics(): Metrics {
       name: 'cri_portforward_tokens_rejected_total',
       help: 'Refused tokens: reason="unknown" for a redeem of an unknown, expired or used token; reason="limit" for a PortForward refused because too many URLs are in flight.',
       labelNames: ['reason'],
+      registers: [registry],
+    }),
+    sessionsActive: new Gauge({
+      name: 'cri_portforward_sessions_active',
+      help: 'Port-forward sessions open now, by protocol.',
+      labelNames: ['protocol'],
+      registers: [registry],
+    }),
+    sessionsTotal: new Counter({
+      name: 'cri_portforward_sessions_total',
+      help: 'Port-forward sessions started, by protocol.',
+      labelNames: ['protocol'],
+      registers: [registry],
+    }),
+    handshakeFailures: new Counter({
+      name: 'cri_portforward_handshake_failures_total',
+      help: 'Upgrades refused during the protocol handshake, by protocol and reason.',
+      labelNames: ['protocol', 'reason'],
+      registers: [registry],
+    }),
+    forwardsActive: new Gauge({
+      name: 'cri_portforward_connections_active',
+      help: 'Forwarded connections open now.',
+      registers: [registry],
+    }),
+    forwardsTotal: new Counter({
+      name: 'cri_portforward_connections_total',
+      help: 'Forwarded connections attempted.',
+      registers: [registry],
+    }),
+    dialErrors: new Counter({
+      name: 'cri_portforward_dial_errors_total',
+      help: 'Dials into a sandbox that failed, by reason (refused, timeout, netns-closed, sandbox-gone, port-not-allowed).',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
+    forwardedBytes: new Counter({
+      name: 'cri_portforward_bytes_total',
+      help: 'Bytes forwarded, by direction (to_pod, to_client), counted when a connection ends.',
+      labelNames: ['direction'],
       registers: [registry],
     }),
     observeSandboxes(count) {

@@ -13,6 +13,8 @@ describe('config', () => {
     assert.equal(config.logLevel, 'info');
     assert.equal(config.tlsCert, undefined);
     assert.equal(config.halfCloseGraceMs, 1000);
+    assert.equal(config.streamIdleTimeoutMs, 4 * 3_600_000);
+    assert.equal(config.refusedDial, 'reset');
   });
 
   it('parses Go-style durations', () => {
@@ -42,5 +44,6 @@ describe('config', () => {
     assert.throws(() => buildConfig({ 'max-inflight-tokens': '0' }), /--max-inflight-tokens must be a positive integer/);
     assert.throws(() => buildConfig({ 'max-inflight-tokens': '1e3' }), /--max-inflight-tokens/);
     assert.throws(() => buildConfig({ 'token-ttl': '0s' }), /--token-ttl must be at least/);
+    assert.throws(() => buildConfig({ 'refused-dial': 'ignore' }), /--refused-dial must be reset or error/);
   });
 });

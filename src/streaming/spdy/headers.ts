@@ -1,0 +1,169 @@
+// SPDY/3 header blocks: u32 count, then (u32 length, name, u32 length, value) pairs, names
+// lower-case, several values joined by NUL. Blocks are zlib streams that continue across
+// the frames of one direction of a connection, each block ending with a sync flush.
+//
+// Inbound: one zlib inflate context (with the SPDY/3 dictionary) per connection for its
+// whole life. Node's zlib keeps a context only in its asynchronous stream API, so decoding
+// is asynchronous and the session pauses its parser meanwhile. Output is capped at
+// MAX_HEADER_BLOCK_BYTES: past it the context is destroyed and the session ends.
+//
+// Outbound: a port-forward server only ever sends empty SYN_REPLY blocks, so our
+// "compressor" emits zlib *stored* blocks: a valid zlib stream that any inflater reads,
+// built synchronously, with no context to keep beyond "was the zlib header sent". Each
+// block ends, as zlib's Z_SYNC_FLUSH output does, with an empty stored block: Go's flate
+// reader hands out a stored block's bytes only when it reaches the next block header, and
+// without that marker it would read past the frame and fail every later frame.
+
+import { createInflate, constants as zlibConstants, type Inflate } from 'node:zlib';
+import { MAX_HEADER_BLOCK_BYTES, MAX_HEADER_COUNT } from './constants';
+import { SPDY3_HEADER_DICTIONARY } from './dictionary';
+import { SessionError } from './errors';
+
+export type HeaderMap = Map<string, string>;
+
+/** Parse an inflated header block. Names are lower-cased (peers must send them so). */
+export function parseHeaderBlock(block: Buffer): HeaderMap {
+  const fail = (rule: string): never => {
+    throw new SessionError(`malformed header block: ${rule}`);
+  };
+  if (block.length < 4) fail('shorter than its count');
+  const count = block.readUInt32BE(0);
+  if (count > MAX_HEADER_COUNT) fail(`${count} headers exceed the limit of ${MAX_HEADER_COUNT}`);
+  const headers: HeaderMap = new Map();
+  let offset = 4;
+  const readString = (what: string): string => {
+    if (offset + 4 > block.length) fail(`${what} length runs past the block`);
+    const length = block.readUInt32BE(offset);
+    offset += 4;
+    if (length > block.length - offset) fail(`${what} of ${length} bytes runs past the block`);
+    const value = block.toString('latin1', offset, offset + length);
+    offset += length;
+    return value;
+  };
+  for (let i = 0; i < count; i++) {
+    const name = readString('header name').toLowerCase();
+    if (name.length === 0) fail('empty header name');
+    const value = readString(`value of header "${name}"`);
+    if (headers.has(name)) fail(`duplicate header "${name}"`);
+    headers.set(name, value);
+  }
+  if (offset !== block.length) fail(`${block.length - offset} bytes after the last header`);
+  return headers;
+}
+
+export function serializeHeaderBlock(headers: Iterable<[string, string]>): Buffer {
+  const entries = [...headers];
+  let size = 4;
+  for (const [name, value] of entries) size += 8 + Buffer.byteLength(name, 'latin1') + Buffer.byteLength(value, 'latin1');
+  const out = Buffer.allocUnsafe(size);
+  out.writeUInt32BE(entries.length, 0);
+  let offset = 4;
+  for (const [name, value] of entries) {
+    for (const s of [name.toLowerCase(), value]) {
+      const length = out.write(s, offset + 4, 'latin1');
+      out.writeUInt32BE(length, offset);
+      offset += 4 + length;
+    }
+  }
+  return out;
+}
+
+/** zlib header: deflate, 32 KiB window, no preset dictionary (stored blocks need none). */
+const ZLIB_HEADER = Buffer.from([0x78, 0x01]);
+const MAX_STORED_BLOCK = 0xffff;
+/** An empty, non-final stored block: the sync-flush marker. */
+const SYNC_FLUSH_MARKER = Buffer.from([0x00, 0x00, 0x00, 0xff, 0xff]);
+
+export class HeaderBlockEncoder {
+  #started = false;
+
+  /** The compressed form of one header block, continuing this connection's zlib stream. */
+  encode(headers: Iterable<[string, string]>): Buffer {
+    const raw = serializeHeaderBlock(headers);
+    const parts: Buffer[] = [];
+    if (!this.#started) {
+      parts.push(ZLIB_HEADER);
+      this.#started = true;
+    }
+    for (let offset = 0; offset < raw.length; offset += MAX_STORED_BLOCK) {
+      const piece = raw.subarray(offset, Math.min(raw.length, offset + MAX_STORED_BLOCK));
+      const blockHeader = Buffer.allocUnsafe(5);
+      blockHeader[0] = 0x00; // BFINAL=0, BTYPE=00 (stored), then padding to the byte
+      blockHeader.writeUInt16LE(piece.length, 1);
+      blockHeader.writeUInt16LE(~piece.length & 0xffff, 3);
+      parts.push(blockHeader, piece);
+    }
+    parts.push(SYNC_FLUSH_MARKER);
+    return Buffer.concat(parts);
+  }
+}
+
+type DecodeCallback = (err: Error | null, headers?: HeaderMap) => void;
+
+export class HeaderBlockDecoder {
+  readonly #inflate: Inflate;
+  #output: Buffer[] = [];
+  #outputBytes = 0;
+  #failure: Error | undefined;
+  #busy = false;
+  /** Completes the decode in progress; cleared once it ran. */
+  #pending: (() => void) | undefined;
+
+  constructor() {
+    this.#inflate = createInflate({ dictionary: SPDY3_HEADER_DICTIONARY });
+    this.#inflate.on('data', (chunk: Buffer) => {
+      if (this.#failure !== undefined) return;
+      this.#outputBytes += chunk.length;
+      if (this.#outputBytes > MAX_HEADER_BLOCK_BYTES) {
+        this.#fail(new SessionError(`header block inflates past the limit of ${MAX_HEADER_BLOCK_BYTES} bytes`));
+        return;
+      }
+      this.#output.push(chunk);
+    });
+    this.#inflate.on('error', (err: Error) =>
+      this.#fail(new SessionError(`corrupt header block compression: ${err.message}`)),
+    );
+  }
+
+  /** Decode one block; blocks must be decoded one at a time, in arrival order. */
+  decode(compressed: Buffer, callback: DecodeCallback): void {
+    if (this.#failure !== undefined) return callback(this.#failure);
+    if (this.#busy) return callback(new Error('HeaderBlockDecoder.decode called while busy'));
+    this.#busy = true;
+    this.#output = [];
+    this.#outputBytes = 0;
+    const done = (): void => {
+      this.#busy = false;
+      if (this.#failure !== undefined) return callback(this.#failure);
+      let headers: HeaderMap;
+      try {
+        headers = parseHeaderBlock(Buffer.concat(this.#output, this.#outputBytes));
+      } catch (err) {
+        return callback(err as Error);
+      }
+      callback(null, headers);
+    };
+    this.#pending = done;
+    this.#inflate.write(compressed);
+    this.#inflate.flush(zlibConstants.Z_SYNC_FLUSH, () => {
+      if (this.#pending === done) {
+        this.#pending = undefined;
+        done();
+      }
+    });
+  }
+
+  #fail(err: Error): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = err;
+    this.#inflate.destroy();
+    const pending = this.#pending;
+    this.#pending = undefined;
+    pending?.();
+  }
+
+  close(): void {
+    this.#pending = undefined;
+    this.#inflate.destroy();
+  }
+}
