@@ -18,6 +18,7 @@ export interface Metrics {
   readonly forwardsTotal: Counter;
   readonly dialErrors: Counter<'reason'>;
   readonly forwardedBytes: Counter<'direction'>;
+  readonly spdyPings: Counter;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
 }
@@ -97,6 +98,11 @@ export function createMetrics(): Metrics {
       name: 'cri_portforward_bytes_total',
       help: 'Bytes forwarded, by direction (to_pod, to_client), counted when a connection ends.',
       labelNames: ['direction'],
+      registers: [registry],
+    }),
+    spdyPings: new Counter({
+      name: 'cri_portforward_spdy_pings_total',
+      help: 'SPDY PINGs from clients answered (kubectl sends one every 5 s).',
       registers: [registry],
     }),
     observeSandboxes(count) {

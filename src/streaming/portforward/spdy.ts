@@ -51,6 +51,7 @@ export class SpdyPortForwardSession {
       idleTimeoutMs: deps.idleTimeoutMs,
       log: deps.log.child({ sandboxId: grant.sandboxId, protocol }),
       onStream: (stream) => this.#onStream(stream),
+      onPing: () => deps.metrics.spdyPings.inc(),
     });
     deps.metrics.sessionsActive.inc({ protocol });
     deps.metrics.sessionsTotal.inc({ protocol });

@@ -30,6 +30,8 @@ export interface SpdySessionOptions {
   /** No frame for this long ends the session (upstream default 4 h). */
   idleTimeoutMs: number;
   log: Logger;
+  /** Called for every PING we echo (a metric; kubectl pings every 5 s). */
+  onPing?: () => void;
 }
 
 export type SessionEndReason = 'peer-goaway' | 'transport-closed' | 'idle' | 'protocol-error' | 'closed';
@@ -229,7 +231,10 @@ export class SpdySession implements FrameSink, StreamOwner {
     if (body.length < 4) throw new SessionError('PING body shorter than 4 bytes');
     const id = body.readUInt32BE(0);
     // Odd ids are the client's: echo them unchanged. Even ones would answer our own pings.
-    if (id % 2 === 1) this.#transport.write(pingFrame(id));
+    if (id % 2 === 1) {
+      this.#transport.write(pingFrame(id));
+      this.#options.onPing?.();
+    }
   }
 
   // ---- streams (StreamOwner) --------------------------------------------------------

@@ -1,0 +1,248 @@
+// kubectl port-forward over plain SPDY (KUBECTL_PORT_FORWARD_WEBSOCKETS=false) through
+// FakeApiServer, which relays the upgrade to our streaming server as kubelet does, into
+// apps in real network namespaces: the cases of upstream's e2e suite and our error policy.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { startPodApp, type PodApp, type PodAppMode } from '../support/apps';
+import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
+import { FakeApiServer } from '../support/fake-apiserver';
+import { startPortForward, type KubectlPortForward } from '../support/kubectl';
+import { rootSkipReason } from '../support/root';
+import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { collect, dial, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+
+const skip = rootSkipReason();
+const GiB = 2 ** 30;
+
+interface World {
+  server: ServerProcess;
+  cri: CriTestClient;
+  api: FakeApiServer;
+  kubeconfig: string;
+  apps: PodApp[];
+  forwards: KubectlPortForward[];
+}
+
+async function world(args: string[] = []): Promise<World> {
+  const server = await startServer({ args });
+  const cri = criClient(server.criAddress);
+  const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'test' });
+  return { server, cri, api, kubeconfig: api.kubeconfig(server.dir), apps: [], forwards: [] };
+}
+
+async function endWorld(w: World | undefined): Promise<void> {
+  if (!w) return;
+  for (const f of w.forwards) await f.stop();
+  for (const a of w.apps) await a.stop();
+  await w.api.close();
+  for (const s of (await w.cri.call('ListPodSandbox', {})).items) await w.cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+  w.cri.close();
+  assert.equal(await w.server.stop(), 0);
+  cleanUpAndAssertNothingLeft(w.server, w.server.dir);
+}
+
+async function sandbox(w: World, name: string, hostNetwork = false): Promise<{ id: string; netns: string | null }> {
+  const id = (await w.cri.call('RunPodSandbox', { config: podConfig(name, hostNetwork ? HOST_NETWORK : {}) })).pod_sandbox_id;
+  const info = JSON.parse((await w.cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
+  return { id, netns: info.netnsPath || null };
+}
+
+async function app(w: World, netns: string | null, mode: PodAppMode, host = '127.0.0.1'): Promise<PodApp> {
+  const started = await startPodApp(netns, mode, host);
+  w.apps.push(started);
+  return started;
+}
+
+async function kubectl(w: World, pod: string, remotePorts: number[]): Promise<KubectlPortForward> {
+  const forward = await startPortForward({ kubeconfig: w.kubeconfig, pod, ports: remotePorts.map((p) => `0:${p}`) });
+  w.forwards.push(forward);
+  return forward;
+}
+
+async function metric(w: World, name: string): Promise<number> {
+  const res = await fetch(`${w.server.streamBaseUrl}/metrics`);
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
+  return line === undefined ? 0 : Number(line.split(' ').pop());
+}
+
+function exitsWithin(forward: KubectlPortForward, ms: number): Promise<number | null | 'still running'> {
+  return Promise.race([forward.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), ms))]);
+}
+
+describe('kubectl port-forward over SPDY', { skip }, () => {
+  let w: World;
+  let pod: { id: string; netns: string | null };
+  let forward: KubectlPortForward;
+  const local: Record<string, number> = {};
+  let unusedPort = 0;
+  let ignoring: PodApp;
+
+  before(async () => {
+    w = await world(['--stream-idle-timeout', '8s']);
+    pod = await sandbox(w, 'web');
+    const apps = {
+      echo: await app(w, pod.netns, 'echo'),
+      answer: await app(w, pod.netns, 'answer-after-eof'),
+      source: await app(w, pod.netns, `source:${GiB}`),
+      v6: await app(w, pod.netns, 'echo', '::1'),
+      any: await app(w, pod.netns, 'echo', '0.0.0.0'),
+      ignore: await app(w, pod.netns, 'ignore'),
+      flood: await app(w, pod.netns, 'flood'),
+    };
+    ignoring = apps.ignore;
+    unusedPort = apps.echo.port === 1 ? 2 : 1;
+    const names = [...Object.keys(apps), 'unused'];
+    forward = await kubectl(w, pod.id, [...Object.values(apps).map((a) => a.port), unusedPort]);
+    names.forEach((name, i) => (local[name] = forward.localPorts[i]!));
+  });
+
+  after(() => endWorld(w));
+
+  it('connects and disconnects sending nothing: the app sees EOF, the client 0 bytes', async () => {
+    assert.equal((await roundTrip(local.echo!, Buffer.alloc(0))).length, 0);
+  });
+
+  it('carries 64 concurrent connections x 1 MiB through an echo app, sha256-equal', async () => {
+    await Promise.all(
+      Array.from({ length: 64 }, async () => {
+        const payload = randomPayload(1 << 20);
+        const echoed = await roundTrip(local.echo!, payload);
+        assert.equal(echoed.length, payload.length);
+        assert.equal(sha256(echoed), sha256(payload));
+      }),
+    );
+  });
+
+  it('propagates half-close: "abc" then CloseWrite, the 100-byte answer arrives', async () => {
+    const answer = await roundTrip(local.answer!, Buffer.from('abc'));
+    assert.deepEqual(answer, Buffer.alloc(100, 'x'));
+  });
+
+  it('reaches apps bound to ::1 only and to 0.0.0.0', async () => {
+    assert.equal((await roundTrip(local.v6!, Buffer.from('six'))).toString(), 'six');
+    assert.equal((await roundTrip(local.any!, Buffer.from('any'))).toString(), 'any');
+  });
+
+  it('resets only the refused connection (default policy): kubectl lives on, the next one works', async () => {
+    const refusedBefore = await metric(w, 'cri_portforward_dial_errors_total{reason="refused"}');
+    const socket = await dial(local.unused!);
+    const { data } = await collect(socket);
+    socket.destroy();
+    assert.equal(data.length, 0);
+    assert.equal(await exitsWithin(forward, 500), 'still running');
+    assert.equal((await roundTrip(local.echo!, Buffer.from('after refused'))).toString(), 'after refused');
+    assert.equal(await metric(w, 'cri_portforward_dial_errors_total{reason="refused"}'), refusedBefore + 1);
+  });
+
+  it('survives a client that drops while the app writes', async () => {
+    const socket = await dial(local.flood!);
+    await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    socket.destroy();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await roundTrip(local.echo!, Buffer.from('next'))).toString(), 'next');
+  });
+
+  it('downloads 1 GiB intact', async () => {
+    const block = Buffer.alloc(1 << 20, 's');
+    const expected = createHash('sha256');
+    for (let i = 0; i < 1024; i++) expected.update(block);
+    const socket = await dial(local.source!);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    socket.on('data', (c: Buffer) => {
+      hash.update(c);
+      bytes += c.length;
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('end', () => resolve());
+      socket.once('error', reject);
+    });
+    socket.destroy();
+    assert.equal(bytes, GiB);
+    assert.equal(hash.digest('hex'), expected.digest('hex'));
+  });
+
+  it('does not let one stalled app stall the others while its buffer bound holds, and bounds memory', async () => {
+    const rss = (): number => Number(readFileSync(`/proc/${w.server.proc.pid}/statm`, 'utf8').split(' ')[1]) * 4096;
+    const stalled = await dial(local.ignore!);
+    stalled.on('error', () => undefined);
+    stalled.write(Buffer.alloc(512 * 1024));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal((await roundTrip(local.echo!, Buffer.from('not stalled'))).toString(), 'not stalled');
+    // Far past the bound: the session stops reading kubectl, so memory stays flat.
+    const before = rss();
+    const chunk = Buffer.alloc(1 << 20);
+    for (let i = 0; i < 64; i++) stalled.write(chunk);
+    await new Promise((r) => setTimeout(r, 1500));
+    const grown = rss() - before;
+    assert.ok(grown < 48 * 1024 * 1024, `server RSS grew ${grown} bytes`);
+    stalled.destroy();
+    // The app never reads: stopping it resets the pod socket and frees the session.
+    await ignoring.stop();
+  });
+});
+
+describe('kubectl port-forward over SPDY: session-wide cases', { skip }, () => {
+  let w: World;
+  before(async () => {
+    w = await world(['--stream-idle-timeout', '8s']);
+  });
+  after(() => endWorld(w));
+
+  it('forwards to a host-network sandbox', async () => {
+    const host = await sandbox(w, 'host', true);
+    const echo = await app(w, null, 'echo');
+    const forward = await kubectl(w, host.id, [echo.port]);
+    assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('host'))).toString(), 'host');
+  });
+
+  it("keeps an idle session alive past the idle timeout with kubectl's PINGs", async () => {
+    const pod = await sandbox(w, 'idle');
+    const echo = await app(w, pod.netns, 'echo');
+    const forward = await kubectl(w, pod.id, [echo.port]);
+    assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('1'))).toString(), '1');
+    await new Promise((r) => setTimeout(r, 20_000)); // > 2x the 8 s idle timeout
+    assert.equal(await exitsWithin(forward, 10), 'still running');
+    assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('2'))).toString(), '2');
+    assert.ok((await metric(w, 'cri_portforward_spdy_pings_total')) >= 3);
+  });
+
+  it('tells kubectl when the sandbox is removed mid-session: kubectl exits non-zero', async () => {
+    const pod = await sandbox(w, 'doomed');
+    const echo = await app(w, pod.netns, 'echo');
+    const forward = await kubectl(w, pod.id, [echo.port]);
+    assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('alive'))).toString(), 'alive');
+    await w.cri.call('RemovePodSandbox', { pod_sandbox_id: pod.id });
+    const socket = await dial(forward.localPorts[0]!);
+    void collect(socket);
+    const code = await exitsWithin(forward, 10_000);
+    socket.destroy();
+    assert.notEqual(code, 0);
+    assert.notEqual(code, 'still running');
+    // kubectl prints the error stream's text (with its quotes escaped).
+    assert.match(forward.stderr(), new RegExp(`error forwarding port \\d+ to pod ${pod.id}, uid : network namespace for sandbox \\\\?"${pod.id}`));
+  });
+});
+
+describe('kubectl port-forward over SPDY with --refused-dial=error', { skip }, () => {
+  let w: World;
+  before(async () => {
+    w = await world(['--refused-dial', 'error']);
+  });
+  after(() => endWorld(w));
+
+  it('reports the refused dial as upstream does: the error text, and kubectl exits', async () => {
+    const pod = await sandbox(w, 'strict');
+    const forward = await kubectl(w, pod.id, [1]);
+    const socket = await dial(forward.localPorts[0]!);
+    void collect(socket);
+    const code = await exitsWithin(forward, 10_000);
+    socket.destroy();
+    assert.notEqual(code, 'still running');
+    assert.notEqual(code, 0);
+    assert.match(forward.stderr(), /failed to connect to localhost:1 inside namespace/);
+  });
+});
