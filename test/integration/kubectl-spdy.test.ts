@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { startPodApp, type PodApp, type PodAppMode } from '../support/apps';
 import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
@@ -19,6 +19,8 @@ const GiB = 2 ** 30;
 
 interface World {
   server: ServerProcess;
+  /** Open fds of the server process once it was ready. */
+  fdsAtStart: number;
   cri: CriTestClient;
   api: FakeApiServer;
   kubeconfig: string;
@@ -30,7 +32,19 @@ async function world(args: string[] = []): Promise<World> {
   const server = await startServer({ args });
   const cri = criClient(server.criAddress);
   const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'test' });
-  return { server, cri, api, kubeconfig: api.kubeconfig(server.dir), apps: [], forwards: [] };
+  await cri.call('Version', {}); // the CRI connection's fd is part of the baseline
+  const fdsAtStart = serverFds(server);
+  return { server, fdsAtStart, cri, api, kubeconfig: api.kubeconfig(server.dir), apps: [], forwards: [] };
+}
+
+function serverFds(server: ServerProcess): number {
+  return readdirSync(`/proc/${server.proc.pid}/fd`).length;
+}
+
+/** Every session, stream and pod socket of the server is gone once the clients are. */
+async function assertServerFdsBack(w: World): Promise<void> {
+  for (let i = 0; i < 50 && serverFds(w.server) > w.fdsAtStart; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(serverFds(w.server), w.fdsAtStart, 'server fds back to their count at start');
 }
 
 async function endWorld(w: World | undefined): Promise<void> {
@@ -38,6 +52,7 @@ async function endWorld(w: World | undefined): Promise<void> {
   for (const f of w.forwards) await f.stop();
   for (const a of w.apps) await a.stop();
   await w.api.close();
+  await assertServerFdsBack(w);
   for (const s of (await w.cri.call('ListPodSandbox', {})).items) await w.cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
   w.cri.close();
   assert.equal(await w.server.stop(), 0);
