@@ -8,10 +8,13 @@
 // - dials per second into one network namespace (root; goal >= 10 000/s);
 // - 1 GiB down and up through one pipe (a relay process of ours) next to a direct loopback
 //   transfer and a socat -b1048576 relay hop: MB/s, ratio to direct, relay CPU s/GiB and
-//   its ratio to socat's (goal <= 1.6x).
+//   its ratio to socat's (goal <= 1.6x);
+// - 1 GiB down and up through kubectl port-forward (SPDY) and our server: MB/s, ratio to
+//   direct, the server's CPU s/GiB and its ratio to socat's (goal <= 3.0x; containerd 3.3x).
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
+import { kubectlTransfer } from './kubectl-spdy';
 import { dialRate, transfer, type Direction } from './pod-side';
 import { TokenCache } from '../src/streaming/tokens';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
@@ -90,6 +93,13 @@ async function podSideRows(): Promise<Row[]> {
     rows.push({ name: `${direction} pipe CPU per GiB`, value: round(pipe!.cpuPerGiB!, 3), unit: 's/GiB' });
     if (socat !== undefined) {
       rows.push({ name: `${direction} pipe CPU / socat CPU`, value: round(pipe!.cpuPerGiB! / socat.cpuPerGiB!), unit: 'ratio', goal: '<= 1.6' });
+    }
+    const kubectl = await kubectlTransfer(direction, TRANSFER_BYTES);
+    rows.push({ name: `${direction} 1 GiB via kubectl (SPDY)`, value: Math.round(kubectl.mbPerSecond), unit: 'MB/s' });
+    rows.push({ name: `${direction} kubectl / direct throughput`, value: round(kubectl.mbPerSecond / direct!.mbPerSecond), unit: 'ratio', goal: '>= 0.15-0.27 (containerd)' });
+    rows.push({ name: `${direction} server CPU per GiB (SPDY)`, value: round(kubectl.serverCpuPerGiB, 3), unit: 's/GiB' });
+    if (socat !== undefined) {
+      rows.push({ name: `${direction} server CPU / socat CPU (SPDY)`, value: round(kubectl.serverCpuPerGiB / socat.cpuPerGiB!), unit: 'ratio', goal: '<= 3.0' });
     }
   }
   return rows;

@@ -82,7 +82,7 @@ describe('FrameParser', () => {
   it('parses a sequence of every kind of frame the same at every split point and byte by byte', () => {
     const whole = parse(own(sequence));
     const expected = canonicalEvents(whole);
-    assert.equal(whole.filter((e) => e.kind === 'control').length, 10); // the unknown one is skipped
+    assert.equal(whole.filter((e) => e.kind === 'control').length, 9); // the unknown one is skipped
     for (let i = 0; i <= sequence.length; i++) {
       const events = parse(sequence.subarray(0, i), sequence.subarray(i));
       assert.deepEqual(canonicalEvents(events), expected, `split at ${i}`);
@@ -141,7 +141,7 @@ describe('FrameParser', () => {
   it('delivers a split DATA payload in pieces, each a view, FIN on the last piece only', () => {
     const payload = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz');
     const frame = dataFrame(9, payload, true);
-    const cuts = [3, 8, 15, 30, frame.length];
+    const cuts = [3, 10, 15, 30, frame.length];
     const chunks: Buffer[] = [];
     let from = 0;
     for (const cut of cuts) {

@@ -1,0 +1,60 @@
+// 1 GiB down and up through kubectl port-forward (plain SPDY) and our server, relayed by
+// FakeApiServer as kubelet would: MB/s, and the server process's CPU seconds per GiB
+// (utime + stime from /proc/<pid>/stat, so kubectl's and the relay's CPU are not counted).
+
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { startPodApp } from '../test/support/apps';
+import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
+import { FakeApiServer } from '../test/support/fake-apiserver';
+import { startPortForward } from '../test/support/kubectl';
+import { startServer } from '../test/support/server-process';
+import type { Direction } from './pod-side';
+
+const CLOCK_TICKS_PER_SECOND = 100;
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND; // utime, stime
+}
+
+export interface KubectlTransfer {
+  mbPerSecond: number;
+  serverCpuPerGiB: number;
+}
+
+export async function kubectlTransfer(direction: Direction, bytes: number): Promise<KubectlTransfer> {
+  const server = await startServer({ args: ['--log-level', 'warn'] });
+  const cri = criClient(server.criAddress);
+  const root = process.getuid?.() === 0;
+  const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
+  const netns = root ? JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath : null;
+  const app = await startPodApp(netns, direction === 'download' ? `source:${bytes}` : 'sink');
+  const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench' });
+  const forward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: id, ports: [`0:${app.port}`] });
+  try {
+    const cpuBefore = cpuSeconds(server.proc.pid!);
+    const load = spawn(process.execPath, [join(__dirname, 'load.js'), direction, String(forward.localPorts[0]), String(bytes)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const line = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: load.stdout! }).once('line', resolve);
+      load.once('exit', (code) => reject(new Error(`load exited with ${code}`)));
+    });
+    const done = JSON.parse(line) as { bytes: number; seconds: number };
+    await new Promise((r) => setTimeout(r, 200)); // let the server finish the pair
+    const cpu = cpuSeconds(server.proc.pid!) - cpuBefore;
+    if (done.bytes !== bytes) throw new Error(`kubectl ${direction}: moved ${done.bytes} of ${bytes} bytes`);
+    return { mbPerSecond: bytes / 1e6 / done.seconds, serverCpuPerGiB: cpu / (bytes / 2 ** 30) };
+  } finally {
+    await forward.stop();
+    await api.close();
+    await app.stop();
+    await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
+    cri.close();
+    await server.stop();
+    rmSync(server.dir, { recursive: true, force: true });
+  }
+}
