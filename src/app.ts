@@ -7,6 +7,8 @@ import { createMetrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
 import { SpdyPortForwardProtocol } from './streaming/portforward/spdy';
+import { SpdyTunnelProtocol } from './streaming/portforward/tunnel';
+import { WebSocketPortForwardProtocol } from './streaming/portforward/websocket';
 import { StreamingServer } from './streaming/server';
 import { TokenCache } from './streaming/tokens';
 
@@ -39,7 +41,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
     tokens,
     metrics,
-    protocols: [new SpdyPortForwardProtocol(forwardDeps)],
+    protocols: [
+      new SpdyPortForwardProtocol(forwardDeps),
+      new SpdyTunnelProtocol(forwardDeps),
+      new WebSocketPortForwardProtocol(forwardDeps),
+    ],
     log: log.child({ component: 'streaming' }),
   }).catch((err: unknown) => {
     tokens.close();

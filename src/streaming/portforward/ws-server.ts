@@ -1,0 +1,45 @@
+// The WebSocket handshake shared by the channel protocol and the SPDY tunnel: one `ws`
+// server in noServer mode, with the limits set explicitly (ws's default maxPayload is
+// 100 MiB per message).
+
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { headerTokens } from './spdy-handshake';
+
+/** kubectl >= 1.31 and crictl --transport websocket: SPDY frames in binary messages. */
+export const SPDY_TUNNEL_PROTOCOL = 'SPDY/3.1+portforward.k8s.io';
+
+/** Largest message we accept: kubectl and client-node send <= 32 KiB; leave room. */
+export const MAX_WEBSOCKET_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  return headerTokens(req, 'upgrade').some((t) => t.toLowerCase() === 'websocket');
+}
+
+/** The subprotocols the client offered, in its order of preference. */
+export function offeredSubprotocols(req: IncomingMessage): string[] {
+  return headerTokens(req, 'sec-websocket-protocol');
+}
+
+/**
+ * Complete the handshake answering with `protocol` ('' for none). We pick the subprotocol
+ * ourselves and hide the request's header from ws: ws rejects "SPDY/3.1+portforward.k8s.io"
+ * with 400 since '/' is not an RFC 6455 token character, yet that is what kubectl sends.
+ */
+export function acceptWebSocket(
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  protocol: string,
+): Promise<WebSocket> {
+  const server = new WebSocketServer({
+    noServer: true,
+    clientTracking: false,
+    perMessageDeflate: false,
+    maxPayload: MAX_WEBSOCKET_MESSAGE_BYTES,
+  });
+  delete req.headers['sec-websocket-protocol'];
+  if (protocol !== '') server.on('headers', (headers: string[]) => headers.push(`Sec-WebSocket-Protocol: ${protocol}`));
+  return new Promise((resolve) => server.handleUpgrade(req, socket, head, (ws) => resolve(ws)));
+}
