@@ -68,6 +68,16 @@ describe('parseHeaderBlock / serializeHeaderBlock', () => {
     assert.deepEqual(readPlainHeaderBlock(block), [['x-stream-protocol-version', 'v']]);
   });
 
+  it(
+    'sizes the block after lower-casing names (a lower-case form of another length)',
+    { todo: 'BUG: headers.ts serializeHeaderBlock sizes the buffer from the names as given but writes name.toLowerCase(); U+0130 (İ) lower-cases to 2 chars, so the value is cut short, and with 3 of them it throws RangeError' },
+    () => {
+      const block = serializeHeaderBlock([['\u0130', 'value']]);
+      assert.equal(readPlainHeaderBlock(block)[0]![1], 'value');
+      assert.doesNotThrow(() => serializeHeaderBlock([['\u0130\u0130\u0130', 'v']]));
+    },
+  );
+
   it('lower-cases upper-case names it reads', () => {
     const headers = parseHeaderBlock(plainHeaderBlock([['StreamType', 'data'], ['PORT', '80']]));
     assert.deepEqual([...headers], [['streamtype', 'data'], ['port', '80']]);

@@ -6,6 +6,7 @@
 
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
 import { sendPlainOnSocket } from '../http-status';
 import type { PortForwardProtocol } from '../protocol';
@@ -162,12 +163,17 @@ class ChannelSession {
       protocol: 'websocket',
       isAborted: () => this.#closed,
     });
-    if (result.kind !== 'dial-failed') return;
-    const failure = result.error.failure;
-    if (failure === 'refused' || failure === 'timeout') {
-      if (this.deps.refusedDial === 'reset') return; // that connection ends; no text
+    if (result.kind === 'dial-failed') {
+      const failure = result.error.failure;
+      const quiet = (failure === 'refused' || failure === 'timeout') && this.deps.refusedDial === 'reset';
+      // "reset": that connection just ends, no text (as over SPDY).
+      if (!quiet && !error.destroyed) error.write(Buffer.from(forwardErrorText(port, this.grant.sandboxId, result.error.message)));
     }
-    if (!error.destroyed) error.write(Buffer.from(forwardErrorText(port, this.grant.sandboxId, result.error.message)));
+    // Everything queued on both channels goes out before the WebSocket closes.
+    if (!data.destroyed) data.end();
+    if (!error.destroyed) error.end();
+    const flushed = (s: Duplex): Promise<void> => finished(s, { readable: false }).catch(() => undefined);
+    await Promise.all([flushed(data), flushed(error)]);
   }
 
   #onMessage(message: Buffer, isBinary: boolean): void {

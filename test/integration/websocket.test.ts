@@ -1,0 +1,198 @@
+// WebSocket port-forward straight to our URL with a raw `ws` client: the v4 channel
+// protocols byte by byte, large echoes, endings, and malformed input.
+
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { after, before, describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { startPodApp, type PodApp } from '../support/apps';
+import { criClient, podConfig, type CriTestClient } from '../support/cri-client';
+import { rootSkipReason } from '../support/root';
+import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { randomPayload, sha256 } from '../support/tcp-client';
+
+const skip = rootSkipReason();
+
+interface Opened {
+  ws: WebSocket;
+  /** Messages per channel, in arrival order (binary payload without the channel byte). */
+  channels: Map<number, Buffer[]>;
+  closed: Promise<{ code: number; reason: string }>;
+}
+
+function open(url: string, protocols: string[]): Promise<Opened> {
+  const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols);
+  const channels = new Map<number, Buffer[]>();
+  ws.on('message', (data: Buffer, isBinary: boolean) => {
+    const channel = isBinary ? data[0]! : data[0]! - 48;
+    const payload = isBinary ? data.subarray(1) : Buffer.from(data.toString('latin1', 1), 'base64');
+    if (!channels.has(channel)) channels.set(channel, []);
+    channels.get(channel)!.push(payload);
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })),
+  );
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve({ ws, channels, closed }));
+    ws.once('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${body.trim()}`)));
+    });
+    ws.once('error', reject);
+  });
+}
+
+function channelBytes(o: Opened, channel: number): Buffer {
+  return Buffer.concat(o.channels.get(channel) ?? []);
+}
+
+async function until(condition: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('WebSocket port-forward (raw ws client)', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let sandboxId: string;
+  const apps: PodApp[] = [];
+  let echo: PodApp;
+  let answer: PodApp;
+
+  const url = async (ports: number[]): Promise<string> =>
+    (await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: ports })).url;
+
+  before(async () => {
+    server = await startServer();
+    cri = criClient(server.criAddress);
+    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('ws') })).pod_sandbox_id;
+    const netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    echo = await startPodApp(netns, 'echo');
+    answer = await startPodApp(netns, 'answer-after-eof');
+    apps.push(echo, answer);
+  });
+
+  after(async () => {
+    for (const a of apps) await a.stop();
+    if (!server) return;
+    await cri.call('RemovePodSandbox', { pod_sandbox_id: sandboxId });
+    cri.close();
+    assert.equal(await server.stop(), 0);
+    cleanUpAndAssertNothingLeft(server, server.dir);
+  });
+
+  for (const protocol of ['v4.channel.k8s.io', 'v4.base64.channel.k8s.io']) {
+    it(`${protocol}: the port prefix on both channels of every port, then an echo`, async () => {
+      const o = await open(await url([echo.port, answer.port]), [protocol]);
+      assert.equal(o.ws.protocol, protocol);
+      const le = (port: number): Buffer => Buffer.from([port & 0xff, port >> 8]);
+      await until(() => [0, 1, 2, 3].every((c) => o.channels.has(c)));
+      assert.deepEqual(o.channels.get(0)![0], le(echo.port));
+      assert.deepEqual(o.channels.get(1)![0], le(echo.port));
+      assert.deepEqual(o.channels.get(2)![0], le(answer.port));
+      assert.deepEqual(o.channels.get(3)![0], le(answer.port));
+      const payload = Buffer.from('hello through the channel');
+      if (protocol.includes('base64')) o.ws.send('0' + payload.toString('base64'));
+      else o.ws.send(Buffer.concat([Buffer.from([0]), payload]));
+      await until(() => channelBytes(o, 0).length === 2 + payload.length);
+      assert.deepEqual(channelBytes(o, 0).subarray(2), payload);
+      o.ws.close(1000);
+      assert.equal((await o.closed).code, 1000);
+    });
+  }
+
+  it('base64 framing is byte-exact: ASCII channel digit, then standard base64 with padding', async () => {
+    const o = await open(await url([echo.port]), ['v4.base64.channel.k8s.io']);
+    const raw: string[] = [];
+    o.ws.on('message', (data: Buffer) => raw.push(data.toString('latin1')));
+    await until(() => o.channels.has(1));
+    o.ws.send('0' + Buffer.from([0xfb, 0xff]).toString('base64')); // "+/8=": the non-url-safe alphabet
+    await until(() => raw.some((m) => m.startsWith('0') && m !== '0' + Buffer.from([echo.port & 0xff, echo.port >> 8]).toString('base64')));
+    assert.ok(raw.includes('0+/8='), JSON.stringify(raw));
+    o.ws.close(1000);
+    await o.closed;
+  });
+
+  it('carries 64 MiB each way intact (binary)', async () => {
+    const o = await open(await url([echo.port]), ['v4.channel.k8s.io']);
+    const payload = randomPayload(64 << 20);
+    await until(() => o.channels.has(0));
+    for (let offset = 0; offset < payload.length; offset += 1 << 20) {
+      o.ws.send(Buffer.concat([Buffer.from([0]), payload.subarray(offset, offset + (1 << 20))]));
+    }
+    await until(() => channelBytes(o, 0).length === 2 + payload.length, 60_000);
+    assert.equal(sha256(channelBytes(o, 0).subarray(2)), sha256(payload));
+    o.ws.close(1000);
+    await o.closed;
+  });
+
+  it('closes the WebSocket normally once the app has closed its side (forwards over)', async () => {
+    const o = await open(await url([answer.port]), ['v4.channel.k8s.io']);
+    await until(() => o.channels.has(0));
+    // No half-close in v4: the app answers only at EOF, so close our side via the socket.
+    o.ws.close(1000);
+    assert.equal((await o.closed).code, 1000);
+  });
+
+  it('a client close ends the forward; the next WebSocket works', async () => {
+    const o = await open(await url([echo.port]), ['v4.channel.k8s.io']);
+    o.ws.terminate();
+    await o.closed;
+    const again = await open(await url([echo.port]), ['v4.channel.k8s.io']);
+    again.ws.send(Buffer.from([0, 0x41]));
+    await until(() => channelBytes(again, 0).length === 3);
+    again.ws.close(1000);
+    await again.closed;
+  });
+
+  it('writes the dial failure on the error channel and closes 1000 when the sandbox is gone', async () => {
+    const gone = (await cri.call('RunPodSandbox', { config: podConfig('ws-gone') })).pod_sandbox_id;
+    const { url: goneUrl } = await cri.call('PortForward', { pod_sandbox_id: gone, port: [80] });
+    await cri.call('RemovePodSandbox', { pod_sandbox_id: gone });
+    const o = await open(goneUrl, ['v4.channel.k8s.io']);
+    const { code } = await o.closed;
+    assert.equal(code, 1000);
+    assert.match(channelBytes(o, 1).subarray(2).toString(), /error forwarding port 80 to pod .*network namespace for sandbox ".*" is closed/);
+  });
+
+  it('closes with a clear code and reason on malformed input', async () => {
+    const cases: [string, (ws: WebSocket) => void, number, RegExp][] = [
+      ['v4.channel.k8s.io', (ws) => ws.send(Buffer.from([7, 1, 2])), 1008, /unknown channel 7/],
+      ['v4.channel.k8s.io', (ws) => ws.send(Buffer.from([1, 1])), 1008, /error channel/],
+      ['v4.channel.k8s.io', (ws) => ws.send('0abc'), 1007, /text message/],
+      ['v4.base64.channel.k8s.io', (ws) => ws.send('0%%%'), 1007, /invalid base64/],
+      ['v4.base64.channel.k8s.io', (ws) => ws.send('0QUJ'), 1007, /invalid base64/],
+      ['v4.base64.channel.k8s.io', (ws) => ws.send('9QUJD'), 1008, /unknown channel 9/],
+      ['v4.base64.channel.k8s.io', (ws) => ws.send(Buffer.from([0, 1])), 1007, /binary message/],
+    ];
+    for (const [protocol, send, code, reason] of cases) {
+      const o = await open(await url([echo.port]), [protocol]);
+      await until(() => o.channels.has(1));
+      send(o.ws);
+      const closed = await o.closed;
+      assert.equal(closed.code, code, `${protocol}: ${reason}`);
+      assert.match(closed.reason, reason);
+    }
+    // The server is unharmed.
+    const ok = await open(await url([echo.port]), ['v4.channel.k8s.io']);
+    ok.ws.close(1000);
+    await ok.closed;
+  });
+
+  it('refuses a WebSocket whose token names no port, or an unknown subprotocol, with 400 and a body', async () => {
+    await assert.rejects(open(await url([]), ['v4.channel.k8s.io']), /HTTP 400: port-forward over WebSocket needs the ports/);
+    await assert.rejects(open(await url([echo.port]), ['v5.channel.k8s.io']), /HTTP 400: requested WebSocket subprotocols/);
+  });
+
+  it('answers with no subprotocol when none was offered (binary, as upstream)', async () => {
+    const o = await open(await url([echo.port]), []);
+    assert.equal(o.ws.protocol, '');
+    await until(() => o.channels.has(1));
+    o.ws.close(1000);
+    await once(o.ws, 'close');
+  });
+});
