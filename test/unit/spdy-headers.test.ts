@@ -70,7 +70,6 @@ describe('parseHeaderBlock / serializeHeaderBlock', () => {
 
   it(
     'sizes the block after lower-casing names (a lower-case form of another length)',
-    { todo: 'BUG: headers.ts serializeHeaderBlock sizes the buffer from the names as given but writes name.toLowerCase(); U+0130 (İ) lower-cases to 2 chars, so the value is cut short, and with 3 of them it throws RangeError' },
     () => {
       const block = serializeHeaderBlock([['\u0130', 'value']]);
       assert.equal(readPlainHeaderBlock(block)[0]![1], 'value');

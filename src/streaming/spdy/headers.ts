@@ -52,14 +52,14 @@ export function parseHeaderBlock(block: Buffer): HeaderMap {
 }
 
 export function serializeHeaderBlock(headers: Iterable<[string, string]>): Buffer {
-  const entries = [...headers];
+  const entries = [...headers].map(([name, value]): [string, string] => [name.toLowerCase(), value]);
   let size = 4;
   for (const [name, value] of entries) size += 8 + Buffer.byteLength(name, 'latin1') + Buffer.byteLength(value, 'latin1');
   const out = Buffer.allocUnsafe(size);
   out.writeUInt32BE(entries.length, 0);
   let offset = 4;
   for (const [name, value] of entries) {
-    for (const s of [name.toLowerCase(), value]) {
+    for (const s of [name, value]) {
       const length = out.write(s, offset + 4, 'latin1');
       out.writeUInt32BE(length, offset);
       offset += 4 + length;

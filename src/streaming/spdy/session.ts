@@ -15,6 +15,7 @@ import {
   FrameType,
   GoAwayStatus,
   MAX_CONCURRENT_STREAMS,
+  MAX_DATA_FRAME_BYTES,
   MAX_STREAM_ID,
   RstCode,
 } from './constants';
@@ -51,6 +52,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   /** Streams whose reader lags; while any is here the transport is not read. */
   readonly #stalled = new Set<SpdyStream>();
   #lastPeerStreamId = 0;
+  /** The last never-opened stream we sent RST INVALID_STREAM for. */
+  #lastInvalidStreamId = 0;
   #sawTraffic = true;
   #idleTicks = 0;
   readonly #idleTimer: NodeJS.Timeout;
@@ -96,9 +99,14 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#transport.write(synReplyFrame(stream.id, this.#encoder.encode([])));
   }
 
-  /** Reset one stream with a code; the session goes on. */
+  /**
+   * Reset one stream with a code; the session goes on. The stream is destroyed without an
+   * error: its owner asked for this, and an 'error' nobody listens to would crash us.
+   */
   reset(stream: SpdyStream, code: RstCode, why: string): void {
-    stream.destroy(new StreamError(stream.id, code, why));
+    this.#options.log.debug('resetting SPDY stream', { streamId: stream.id, code, why });
+    stream.resetCode ??= code;
+    stream.destroy();
   }
 
   /** End the session: GOAWAY, then the transport is closed. */
@@ -114,6 +122,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   // ---- frames from the peer (FrameSink) ---------------------------------------------
 
   readonly #onTransportData = (chunk: Buffer): void => {
+    if (this.#endReason !== undefined) return; // after GOAWAY or idle: nothing more is read
     this.#sawTraffic = true;
     try {
       this.#parser.push(chunk);
@@ -125,8 +134,12 @@ export class SpdySession implements FrameSink, StreamOwner {
   onData(streamId: number, payload: Buffer, fin: boolean): void {
     const stream = this.#streams.get(streamId);
     if (stream === undefined) {
-      // Data racing our RST is normal; data for a stream never opened is not.
-      if (streamId > this.#lastPeerStreamId) this.#transport.write(rstStreamFrame(streamId, RstCode.InvalidStream));
+      // Data racing our RST is normal; data for a stream never opened is not: one RST per
+      // such stream, however many pieces its frames arrive in.
+      if (streamId > this.#lastPeerStreamId && streamId !== this.#lastInvalidStreamId) {
+        this.#lastInvalidStreamId = streamId;
+        this.#transport.write(rstStreamFrame(streamId, RstCode.InvalidStream));
+      }
       return;
     }
     if (stream.remoteClosed) {
@@ -246,10 +259,18 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
     if (!stream.replied) this.reply(stream);
     const transport = this.#transport;
-    // One writev for header and payload; the payload is the caller's, never copied.
+    // One writev for header and payload; the payload is the caller's, never copied. A
+    // chunk longer than a frame can say (24 bits) goes out as several frames.
     transport.cork();
-    transport.write(dataFrameHeader(stream.id, chunk.length, false));
-    transport.write(chunk, callback);
+    let offset = 0;
+    while (chunk.length - offset > MAX_DATA_FRAME_BYTES) {
+      transport.write(dataFrameHeader(stream.id, MAX_DATA_FRAME_BYTES, false));
+      transport.write(chunk.subarray(offset, offset + MAX_DATA_FRAME_BYTES));
+      offset += MAX_DATA_FRAME_BYTES;
+    }
+    const last = offset === 0 ? chunk : chunk.subarray(offset);
+    transport.write(dataFrameHeader(stream.id, last.length, false));
+    transport.write(last, callback);
     transport.uncork();
   }
 
@@ -273,7 +294,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     if (this.#stalled.delete(stream) && this.#stalled.size === 0) this.#transport.resume();
     if (stream.resetByPeer || this.#endReason !== undefined) return;
     if (stream.localClosed && stream.remoteClosed) return; // closed cleanly
-    const code = err instanceof StreamError ? err.code : RstCode.Cancel;
+    const code = stream.resetCode ?? (err instanceof StreamError ? err.code : RstCode.Cancel);
     stream.localClosed = true;
     stream.remoteClosed = true;
     this.#transport.write(rstStreamFrame(stream.id, code));
@@ -297,7 +318,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   }
 
   readonly #checkIdle = (): void => {
-    if (this.#sawTraffic) {
+    // A session we stopped reading (a stalled stream) is busy, not idle.
+    if (this.#sawTraffic || this.#stalled.size > 0) {
       this.#sawTraffic = false;
       this.#idleTicks = 0;
       return;

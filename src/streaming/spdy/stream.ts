@@ -28,6 +28,8 @@ export class SpdyStream extends Duplex {
   localClosed = false;
   /** The peer reset it: no RST goes back. */
   resetByPeer = false;
+  /** The RST code to send when we reset it (SpdySession.reset). */
+  resetCode: number | undefined;
 
   constructor(
     readonly id: number,
