@@ -18,6 +18,8 @@ export interface PortForwardOptions {
   env?: Record<string, string>;
   /** --address; default 127.0.0.1. */
   address?: string;
+  /** 'spdy' (default): KUBECTL_PORT_FORWARD_WEBSOCKETS=false; 'default': kubectl's own choice, the SPDY-in-WebSocket tunnel. */
+  transport?: 'spdy' | 'default';
   /** kubectl binary; default "kubectl" on PATH. */
   kubectl?: string;
 }
@@ -49,7 +51,8 @@ export function startPortForward(options: PortForwardOptions): Promise<KubectlPo
     `pod/${options.pod}`,
     ...options.ports,
   ];
-  const env = { ...process.env, KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false', ...options.env };
+  const env: NodeJS.ProcessEnv = { ...process.env, KUBECTL_PORT_FORWARD_WEBSOCKETS: 'false', ...options.env };
+  if (options.transport === 'default') delete env.KUBECTL_PORT_FORWARD_WEBSOCKETS;
   const proc = spawn(options.kubectl ?? 'kubectl', args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let stdout = '';
   let stderr = '';
