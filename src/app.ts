@@ -35,6 +35,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     halfCloseGraceMs: config.halfCloseGraceMs,
     refusedDial: config.refusedDial,
     idleTimeoutMs: config.streamIdleTimeoutMs,
+    pingIntervalMs: config.websocketPingIntervalMs,
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,

@@ -196,3 +196,50 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
     await once(o.ws, 'close');
   });
 });
+
+describe('WebSocket keepalive', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let sandboxId: string;
+  let echo: PodApp;
+
+  before(async () => {
+    server = await startServer({ args: ['--websocket-ping-interval', '200ms', '--stream-idle-timeout', '1s'] });
+    cri = criClient(server.criAddress);
+    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('ws-ping') })).pod_sandbox_id;
+    const netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    echo = await startPodApp(netns, 'echo');
+  });
+
+  after(async () => {
+    await echo?.stop();
+    if (!server) return;
+    await cri.call('RemovePodSandbox', { pod_sandbox_id: sandboxId });
+    cri.close();
+    assert.equal(await server.stop(), 0);
+    cleanUpAndAssertNothingLeft(server, server.dir);
+  });
+
+  it('pings an idle WebSocket; a client that answers (pong) outlives the idle timeout', async () => {
+    const { url } = await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] });
+    const o = await open(url, ['v4.channel.k8s.io']);
+    let pings = 0;
+    o.ws.on('ping', () => pings++);
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.ok(pings >= 5, `${pings} pings in 2 s`);
+    assert.equal(o.ws.readyState, WebSocket.OPEN);
+    o.ws.close(1000);
+    await o.closed;
+  });
+
+  it('closes a WebSocket whose client is silent (no pong) after the idle timeout', async () => {
+    const { url } = await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] });
+    const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v4.channel.k8s.io'], { autoPong: false });
+    const started = Date.now();
+    const [code, reason] = (await once(ws, 'close')) as [number, Buffer];
+    const elapsed = Date.now() - started;
+    assert.equal(code, 1000);
+    assert.equal(reason.toString(), 'idle timeout');
+    assert.ok(elapsed >= 900 && elapsed < 4000, `closed after ${elapsed} ms`);
+  });
+});

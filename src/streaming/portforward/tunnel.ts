@@ -11,7 +11,7 @@ import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
 import { SpdyPortForwardSession } from './spdy';
-import { acceptWebSocket, isWebSocketUpgrade, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Close code when the client breaks the tunnel's rules (a text message). */
 const CLOSE_UNSUPPORTED_DATA = 1003;
@@ -74,7 +74,10 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
 
   serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
     void acceptWebSocket(req, socket, head, SPDY_TUNNEL_PROTOCOL).then((ws) => {
-      new SpdyPortForwardSession(new WebSocketByteStream(ws), grant, this.deps, 'spdy-websocket');
+      const pf = new SpdyPortForwardSession(new WebSocketByteStream(ws), grant, this.deps, 'spdy-websocket');
+      // WebSocket pings keep proxies on the way open; the SPDY session has its own idle timeout.
+      const stop = keepAlive(ws, this.deps.pingIntervalMs, Number.MAX_SAFE_INTEGER, () => undefined);
+      void pf.session.ended.then(stop);
     });
   }
 }

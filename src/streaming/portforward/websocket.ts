@@ -12,7 +12,7 @@ import { sendPlainOnSocket } from '../http-status';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
 import { forwardConnection, forwardErrorText, type ForwardDeps } from './forward';
-import { acceptWebSocket, isWebSocketUpgrade, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 export const V4_BINARY = 'v4.channel.k8s.io';
 export const V4_BASE64 = 'v4.base64.channel.k8s.io';
@@ -22,8 +22,6 @@ const SUPPORTED = ['', V4_BINARY, V4_BASE64];
 const CLOSE_NORMAL = 1000;
 const CLOSE_INVALID_DATA = 1007;
 const CLOSE_POLICY = 1008;
-/** Keepalive: an idle WebSocket gets a ping this often, so proxies keep it open. */
-export const WEBSOCKET_PING_INTERVAL_MS = 30_000;
 
 type Encoding = 'binary' | 'base64';
 
@@ -120,9 +118,7 @@ class ChannelSession {
   #closed = false;
   /** Metrics and streams released (once, whoever closed first). */
   #released = false;
-  #sawTraffic = true;
-  #idleMs = 0;
-  readonly #pingTimer: NodeJS.Timeout;
+  readonly #stopKeepAlive: () => void;
 
   constructor(
     private readonly ws: WebSocket,
@@ -130,8 +126,9 @@ class ChannelSession {
     private readonly encoding: Encoding,
     private readonly deps: ForwardDeps,
   ) {
-    this.#pingTimer = setInterval(this.#keepAlive, Math.min(WEBSOCKET_PING_INTERVAL_MS, deps.idleTimeoutMs));
-    this.#pingTimer.unref();
+    this.#stopKeepAlive = keepAlive(ws, deps.pingIntervalMs, deps.idleTimeoutMs, () =>
+      this.#close(CLOSE_NORMAL, 'idle timeout'),
+    );
   }
 
   start(): void {
@@ -139,7 +136,6 @@ class ChannelSession {
     deps.metrics.sessionsActive.inc({ protocol: 'websocket' });
     deps.metrics.sessionsTotal.inc({ protocol: 'websocket' });
     ws.on('message', (data: Buffer, isBinary: boolean) => this.#onMessage(data, isBinary));
-    ws.on('pong', () => (this.#sawTraffic = true));
     ws.on('error', (err) => deps.log.debug('WebSocket error', { err }));
     ws.on('close', () => this.#onClose());
     const forwards = grant.ports.map((port, i) => {
@@ -177,7 +173,6 @@ class ChannelSession {
   }
 
   #onMessage(message: Buffer, isBinary: boolean): void {
-    this.#sawTraffic = true;
     let channel: number;
     let payload: Buffer;
     if (this.encoding === 'base64') {
@@ -200,17 +195,6 @@ class ChannelSession {
     if (!stream.push(payload) && stream.readableLength >= stream.readableHighWaterMark) this.ws.pause();
   }
 
-  readonly #keepAlive = (): void => {
-    if (this.#sawTraffic) {
-      this.#sawTraffic = false;
-      this.#idleMs = 0;
-    } else {
-      this.#idleMs += WEBSOCKET_PING_INTERVAL_MS;
-      if (this.#idleMs >= this.deps.idleTimeoutMs) return this.#close(CLOSE_NORMAL, 'idle timeout');
-    }
-    if (this.ws.readyState === this.ws.OPEN) this.ws.ping();
-  };
-
   #close(code: number, reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -220,7 +204,7 @@ class ChannelSession {
   }
 
   #onClose(): void {
-    clearInterval(this.#pingTimer);
+    this.#stopKeepAlive();
     if (this.#released) return;
     this.#released = true;
     this.#closed = true;

@@ -43,3 +43,31 @@ export function acceptWebSocket(
   if (protocol !== '') server.on('headers', (headers: string[]) => headers.push(`Sec-WebSocket-Protocol: ${protocol}`));
   return new Promise((resolve) => server.handleUpgrade(req, socket, head, (ws) => resolve(ws)));
 }
+
+/**
+ * Keepalive for a port-forward WebSocket: every `intervalMs` without a message or pong from
+ * the client we send a ping (so proxies see traffic on idle forwards); after `idleTimeoutMs`
+ * without any, `onIdle` is called. Returns the function that stops it.
+ */
+export function keepAlive(ws: WebSocket, intervalMs: number, idleTimeoutMs: number, onIdle: () => void): () => void {
+  let sawTraffic = true;
+  let idleMs = 0;
+  const traffic = (): void => {
+    sawTraffic = true;
+  };
+  ws.on('message', traffic);
+  ws.on('pong', traffic);
+  const tick = Math.max(1, Math.min(intervalMs, idleTimeoutMs));
+  const timer = setInterval(() => {
+    if (sawTraffic) {
+      sawTraffic = false;
+      idleMs = 0;
+    } else if ((idleMs += tick) >= idleTimeoutMs) {
+      onIdle();
+      return;
+    }
+    if (ws.readyState === ws.OPEN) ws.ping();
+  }, tick);
+  timer.unref();
+  return () => clearInterval(timer);
+}
