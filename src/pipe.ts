@@ -48,10 +48,11 @@ export const DEFAULT_HALF_CLOSE_GRACE_MS = 1_000;
 
 /**
  * done: both directions ended; grace-expired: the second did not end in time;
- * pod-error / client-error: that side failed (reset, broken pipe, destroyed);
+ * pod-error / client-error: that side failed (reset, broken pipe); client-closed: the
+ * client side was closed without an error before both directions ended;
  * closed: close() was called from outside (the session ended).
  */
-export type PipeOutcome = 'done' | 'grace-expired' | 'pod-error' | 'client-error' | 'closed';
+export type PipeOutcome = 'done' | 'grace-expired' | 'pod-error' | 'client-error' | 'client-closed' | 'closed';
 
 export interface PipeResult {
   outcome: PipeOutcome;
@@ -222,7 +223,7 @@ export class Pipe {
   };
 
   readonly #onClientClose = (): void => {
-    if (!this.#podDone || !this.#clientDone) this.#finish('client-error', new Error('client stream closed'));
+    if (!this.#podDone || !this.#clientDone) this.#finish('client-closed');
   };
 
   #finish(outcome: PipeOutcome, error?: Error): void {

@@ -62,7 +62,9 @@ function sendOnChannel(
   callback?: (err?: Error | null) => void,
 ): void {
   if (socket.readyState !== socket.OPEN) {
-    callback?.(new Error('WebSocket is closed'));
+    // The client is gone: what the pod still sends has nowhere to go. Dropping it (rather
+    // than failing the write) lets the client's last bytes still reach the pod.
+    callback?.();
     return;
   }
   if (encoding === 'base64') {
@@ -209,8 +211,10 @@ class ChannelSession {
     this.#released = true;
     this.#closed = true;
     this.deps.metrics.sessionsActive.dec({ protocol: 'websocket' });
-    // A client close ends every forward: the pipes see their client side destroyed.
-    for (const stream of [...this.#data, ...this.#errors]) stream.destroy();
+    // A client close is the end of what the client sends (v4 has no other way to say it,
+    // and upstream reads it as EOF): the pod gets everything already received, then FIN.
+    for (const stream of this.#data) if (!stream.destroyed) stream.push(null);
+    for (const stream of this.#errors) stream.destroy();
     setTimeout(() => this.ws.terminate(), 1_000).unref();
   }
 }
