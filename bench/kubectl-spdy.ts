@@ -25,15 +25,19 @@ export interface KubectlTransfer {
   serverCpuPerGiB: number;
 }
 
-export async function kubectlTransfer(direction: Direction, bytes: number): Promise<KubectlTransfer> {
+export async function kubectlTransfer(
+  direction: Direction,
+  bytes: number,
+  transport: 'spdy' | 'default' = 'spdy',
+): Promise<KubectlTransfer> {
   const server = await startServer({ args: ['--log-level', 'warn'] });
   const cri = criClient(server.criAddress);
   const root = process.getuid?.() === 0;
   const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
   const netns = root ? JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath : null;
   const app = await startPodApp(netns, direction === 'download' ? `source:${bytes}` : 'sink');
-  const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench' });
-  const forward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: id, ports: [`0:${app.port}`] });
+  const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench', refuseWebSocket: transport === 'spdy' });
+  const forward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: id, ports: [`0:${app.port}`], transport });
   try {
     const cpuBefore = cpuSeconds(server.proc.pid!);
     const load = spawn(process.execPath, [join(__dirname, 'load.js'), direction, String(forward.localPorts[0]), String(bytes)], {

@@ -10,11 +10,15 @@
 //   transfer and a socat -b1048576 relay hop: MB/s, ratio to direct, relay CPU s/GiB and
 //   its ratio to socat's (goal <= 1.6x);
 // - 1 GiB down and up through kubectl port-forward (SPDY) and our server: MB/s, ratio to
-//   direct, the server's CPU s/GiB and its ratio to socat's (goal <= 3.0x; containerd 3.3x).
+//   direct, the server's CPU s/GiB and its ratio to socat's (goal <= 3.0x; containerd 3.3x);
+//   the same through kubectl's default SPDY-in-WebSocket tunnel (goal: within 10% of SPDY);
+// - 1 GiB down and up through WebSocket v4 with a fast ws client (goal >= 0.5x direct,
+//   server CPU <= 2.5x socat's).
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
 import { kubectlTransfer } from './kubectl-spdy';
+import { websocketTransfer } from './websocket';
 import { dialRate, transfer, type Direction } from './pod-side';
 import { TokenCache } from '../src/streaming/tokens';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
@@ -100,6 +104,17 @@ async function podSideRows(): Promise<Row[]> {
     rows.push({ name: `${direction} server CPU per GiB (SPDY)`, value: round(kubectl.serverCpuPerGiB, 3), unit: 's/GiB' });
     if (socat !== undefined) {
       rows.push({ name: `${direction} server CPU / socat CPU (SPDY)`, value: round(kubectl.serverCpuPerGiB / socat.cpuPerGiB!), unit: 'ratio', goal: '<= 3.0' });
+    }
+    const tunnel = await kubectlTransfer(direction, TRANSFER_BYTES, 'default');
+    rows.push({ name: `${direction} 1 GiB via kubectl (WebSocket tunnel)`, value: Math.round(tunnel.mbPerSecond), unit: 'MB/s' });
+    rows.push({ name: `${direction} tunnel / plain SPDY throughput`, value: round(tunnel.mbPerSecond / kubectl.mbPerSecond), unit: 'ratio', goal: '>= 0.9' });
+    rows.push({ name: `${direction} server CPU per GiB (tunnel)`, value: round(tunnel.serverCpuPerGiB, 3), unit: 's/GiB' });
+    const ws = await websocketTransfer(direction, TRANSFER_BYTES);
+    rows.push({ name: `${direction} 1 GiB via WebSocket v4 (ws)`, value: Math.round(ws.mbPerSecond), unit: 'MB/s' });
+    rows.push({ name: `${direction} WebSocket v4 / direct throughput`, value: round(ws.mbPerSecond / direct!.mbPerSecond), unit: 'ratio', goal: '>= 0.5' });
+    rows.push({ name: `${direction} server CPU per GiB (WebSocket v4)`, value: round(ws.serverCpuPerGiB, 3), unit: 's/GiB' });
+    if (socat !== undefined) {
+      rows.push({ name: `${direction} server CPU / socat CPU (WebSocket v4)`, value: round(ws.serverCpuPerGiB / socat.cpuPerGiB!), unit: 'ratio', goal: '<= 2.5' });
     }
   }
   return rows;

@@ -1,0 +1,59 @@
+// 1 GiB through WebSocket v4 with a fast ws client (1 MiB messages) straight to our URL:
+// MB/s and the server process's CPU seconds per GiB. (kubectl's SPDY-in-WebSocket tunnel
+// is measured by kubectl-spdy.ts with transport 'default'.)
+
+import { readFileSync, rmSync } from 'node:fs';
+import WebSocket from 'ws';
+import { startPodApp } from '../test/support/apps';
+import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
+import { startServer } from '../test/support/server-process';
+import type { Direction } from './pod-side';
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+export async function websocketTransfer(direction: Direction, bytes: number): Promise<{ mbPerSecond: number; serverCpuPerGiB: number }> {
+  const server = await startServer({ args: ['--log-level', 'warn'] });
+  const cri = criClient(server.criAddress);
+  const root = process.getuid?.() === 0;
+  const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
+  const netns = root ? JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath : null;
+  const app = await startPodApp(netns, direction === 'download' ? `source:${bytes}` : 'sink');
+  try {
+    const { url } = await cri.call('PortForward', { pod_sandbox_id: id, port: [app.port] });
+    const cpuBefore = cpuSeconds(server.proc.pid!);
+    const started = process.hrtime.bigint();
+    const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v4.channel.k8s.io'], { maxPayload: 64 << 20 });
+    let received = 0;
+    ws.on('message', (data: Buffer) => {
+      if (data[0] === 0) received += data.length - 1;
+    });
+    await new Promise<void>((resolve, reject) => ws.once('open', resolve).once('error', reject));
+    if (direction === 'upload') {
+      const message = Buffer.alloc((1 << 20) + 1, 'u');
+      message[0] = 0;
+      let sent = 0;
+      while (sent < bytes) {
+        ws.send(message);
+        sent += message.length - 1;
+        while (ws.bufferedAmount > 8 << 20) await new Promise((r) => setImmediate(r));
+      }
+      while (ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
+      ws.close(1000);
+    }
+    await new Promise((resolve) => ws.once('close', resolve));
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    await new Promise((r) => setTimeout(r, 200));
+    const cpu = cpuSeconds(server.proc.pid!) - cpuBefore;
+    if (direction === 'download' && received !== bytes + 2) throw new Error(`websocket download: ${received - 2} of ${bytes} bytes`);
+    return { mbPerSecond: bytes / 1e6 / seconds, serverCpuPerGiB: cpu / (bytes / 2 ** 30) };
+  } finally {
+    await app.stop();
+    await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
+    cri.close();
+    await server.stop();
+    rmSync(server.dir, { recursive: true, force: true });
+  }
+}
