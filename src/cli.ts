@@ -77,13 +77,6 @@ async function main(argv: string[]): Promise<void> {
     log.error('cannot start', { err });
     process.exit(1);
   }
-  log.announce('ready', {
-    criSocket: server.criSocket,
-    streamBaseUrl: server.streamBaseUrl,
-    stateDir: config.stateDir,
-    version: PACKAGE_VERSION,
-  });
-
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
@@ -106,6 +99,13 @@ async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // Only now: a script that signals us as soon as it reads this line finds the handlers set.
+  log.announce('ready', {
+    criSocket: server.criSocket,
+    streamBaseUrl: server.streamBaseUrl,
+    stateDir: config.stateDir,
+    version: PACKAGE_VERSION,
+  });
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
