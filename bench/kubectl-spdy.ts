@@ -3,7 +3,7 @@
 // (utime + stime from /proc/<pid>/stat, so kubectl's and the relay's CPU are not counted).
 
 import { spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startPodApp } from '../test/support/apps';
@@ -12,13 +12,8 @@ import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startPortForward } from '../test/support/kubectl';
 import { startServer } from '../test/support/server-process';
 import type { Direction } from './pod-side';
+import { cpuSeconds } from './proc';
 
-const CLOCK_TICKS_PER_SECOND = 100;
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND; // utime, stime
-}
 
 export interface KubectlTransfer {
   mbPerSecond: number;

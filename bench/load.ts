@@ -3,6 +3,7 @@
 // other side's end, and prints {"bytes":N,"seconds":S}.
 
 import { connect } from 'node:net';
+import { writeFill } from '../test/support/tcp-client';
 
 const [direction, port, bytesText] = process.argv.slice(2);
 const total = Number(bytesText);
@@ -16,19 +17,5 @@ socket.on('end', () => {
   process.stdout.write(JSON.stringify({ bytes, seconds }) + '\n');
   socket.end();
 });
-if (direction === 'upload') {
-  const chunk = Buffer.alloc(1 << 20, 'u');
-  let left = total;
-  const more = (): void => {
-    while (left > 0) {
-      const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
-      left -= piece.length;
-      if (!socket.write(piece)) return;
-    }
-    socket.end();
-  };
-  socket.on('drain', more);
-  socket.once('connect', more);
-} else {
-  // No half-close before the download ends: the pod side would start its grace period.
-}
+// A download never half-closes before the end: the pod side would start its grace period.
+if (direction === 'upload') socket.once('connect', () => writeFill(socket, total, 'u'));

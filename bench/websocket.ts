@@ -2,17 +2,13 @@
 // MB/s and the server process's CPU seconds per GiB. (kubectl's SPDY-in-WebSocket tunnel
 // is measured by kubectl-spdy.ts with transport 'default'.)
 
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import WebSocket from 'ws';
 import { startPodApp } from '../test/support/apps';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
 import { startServer } from '../test/support/server-process';
 import type { Direction } from './pod-side';
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
+import { cpuSeconds } from './proc';
 
 export async function websocketTransfer(direction: Direction, bytes: number): Promise<{ mbPerSecond: number; serverCpuPerGiB: number }> {
   const server = await startServer({ args: ['--log-level', 'warn'] });

@@ -3,14 +3,13 @@
 // apps in real network namespaces: the cases of upstream's e2e suite and our error policy.
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { PodApp } from '../support/apps';
 import type { KubectlPortForward } from '../support/kubectl';
 import { app, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
 import { rootSkipReason } from '../support/root';
-import { collect, dial, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+import { collect, dial, downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
 
 const skip = rootSkipReason();
 const GiB = 2 ** 30;
@@ -89,23 +88,7 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
   });
 
   it('downloads 1 GiB intact', async () => {
-    const block = Buffer.alloc(1 << 20, 's');
-    const expected = createHash('sha256');
-    for (let i = 0; i < 1024; i++) expected.update(block);
-    const socket = await dial(local.source!);
-    const hash = createHash('sha256');
-    let bytes = 0;
-    socket.on('data', (c: Buffer) => {
-      hash.update(c);
-      bytes += c.length;
-    });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('end', () => resolve());
-      socket.once('error', reject);
-    });
-    socket.destroy();
-    assert.equal(bytes, GiB);
-    assert.equal(hash.digest('hex'), expected.digest('hex'));
+    await downloadIntact(local.source!, GiB);
   });
 
   it('does not let one stalled app stall the others while its buffer bound holds, and bounds memory', async () => {

@@ -3,12 +3,11 @@
 // runtimes refuse this upgrade and kubectl falls back to plain SPDY; we must answer 101.
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { KubectlPortForward } from '../support/kubectl';
 import { app, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
 import { rootSkipReason } from '../support/root';
-import { collect, dial, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+import { collect, dial, downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
 
 const skip = rootSkipReason();
 const GiB = 2 ** 30;
@@ -52,23 +51,7 @@ describe('kubectl port-forward, default transport (SPDY in WebSocket)', { skip }
   });
 
   it('downloads 1 GiB intact', async () => {
-    const block = Buffer.alloc(1 << 20, 's');
-    const expected = createHash('sha256');
-    for (let i = 0; i < 1024; i++) expected.update(block);
-    const socket = await dial(local.source!);
-    const hash = createHash('sha256');
-    let bytes = 0;
-    socket.on('data', (c: Buffer) => {
-      hash.update(c);
-      bytes += c.length;
-    });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('end', () => resolve());
-      socket.once('error', reject);
-    });
-    socket.destroy();
-    assert.equal(bytes, GiB);
-    assert.equal(hash.digest('hex'), expected.digest('hex'));
+    await downloadIntact(local.source!, GiB);
   });
 
   it('tells kubectl when the sandbox is removed: kubectl exits non-zero', async () => {

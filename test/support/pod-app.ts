@@ -7,29 +7,15 @@
 // bytes, then ends), sink (reads to EOF, then ends).
 
 import { createServer, type Socket } from 'node:net';
+import { writeFill } from './tcp-client';
 
 const [mode, host, portText] = process.argv.slice(2);
-
-function source(socket: Socket, total: number): void {
-  const chunk = Buffer.alloc(1 << 20, 's');
-  let left = total;
-  const more = (): void => {
-    while (left > 0) {
-      const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
-      left -= piece.length;
-      if (!socket.write(piece)) return;
-    }
-    socket.end();
-  };
-  socket.on('drain', more);
-  more();
-}
 
 function serve(socket: Socket): void {
   socket.on('error', () => undefined);
   if (mode?.startsWith('source:')) {
     socket.resume();
-    source(socket, Number(mode.slice('source:'.length)));
+    writeFill(socket, Number(mode.slice('source:'.length)), 's');
     return;
   }
   switch (mode) {

@@ -40,3 +40,40 @@ export function sha256(data: Buffer): string {
 export function randomPayload(bytes: number): Buffer {
   return randomBytes(bytes);
 }
+
+/** Read a source app's whole output (`fill` bytes, `bytes` long) and check it is intact. */
+export async function downloadIntact(port: number, bytes: number, fill = 's'): Promise<void> {
+  const block = Buffer.alloc(1 << 20, fill);
+  const expected = createHash('sha256');
+  for (let left = bytes; left > 0; left -= block.length) expected.update(left >= block.length ? block : block.subarray(0, left));
+  const socket = await dial(port);
+  const hash = createHash('sha256');
+  let received = 0;
+  socket.on('data', (c: Buffer) => {
+    hash.update(c);
+    received += c.length;
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('end', () => resolve());
+    socket.once('error', reject);
+  });
+  socket.destroy();
+  if (received !== bytes) throw new Error(`downloaded ${received} of ${bytes} bytes`);
+  if (hash.digest('hex') !== expected.digest('hex')) throw new Error('downloaded bytes differ from what the app sent');
+}
+
+/** Write `total` bytes of `fill` with backpressure, then end the socket. */
+export function writeFill(socket: Socket, total: number, fill: string): void {
+  const chunk = Buffer.alloc(1 << 20, fill);
+  let left = total;
+  const more = (): void => {
+    while (left > 0) {
+      const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+      left -= piece.length;
+      if (!socket.write(piece)) return;
+    }
+    socket.end();
+  };
+  socket.on('drain', more);
+  more();
+}
