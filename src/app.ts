@@ -36,6 +36,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     refusedDial: config.refusedDial,
     idleTimeoutMs: config.streamIdleTimeoutMs,
     pingIntervalMs: config.websocketPingIntervalMs,
+    streamCreationTimeoutMs: config.streamCreationTimeoutMs,
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,

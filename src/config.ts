@@ -36,6 +36,8 @@ export interface Config {
   streamIdleTimeoutMs: number;
   /** Nothing listening on a forwarded port: reset that connection, or end the session as upstream. */
   refusedDial: 'reset' | 'error';
+  /** An error and a data stream of one forwarded connection must both arrive within this. */
+  streamCreationTimeoutMs: number;
   /** Ping an idle port-forward WebSocket this often (keeps proxies from dropping it). */
   websocketPingIntervalMs: number;
 }
@@ -66,6 +68,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may go on before both are closed (containerd: 1s)' },
   { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
   { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
+  { name: 'stream-creation-timeout', value: 'duration', default: '30s', help: 'a SPDY forwarded connection whose error and data streams have not both arrived by then is dropped (upstream: 30s)' },
   { name: 'websocket-ping-interval', value: 'duration', default: '30s', help: 'ping an idle port-forward WebSocket this often, so proxies on the way keep it open' },
   { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
 ];
@@ -101,6 +104,7 @@ export function buildConfig(flags: RawFlags): Config {
     halfCloseGraceMs: parseDuration('half-close-grace', get('half-close-grace') ?? ''),
     streamIdleTimeoutMs: positiveDuration('stream-idle-timeout', get('stream-idle-timeout') ?? ''),
     refusedDial: parseRefusedDial(get('refused-dial') ?? ''),
+    streamCreationTimeoutMs: positiveDuration('stream-creation-timeout', get('stream-creation-timeout') ?? ''),
     websocketPingIntervalMs: positiveDuration('websocket-ping-interval', get('websocket-ping-interval') ?? ''),
   };
 }

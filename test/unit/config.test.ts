@@ -15,6 +15,8 @@ describe('config', () => {
     assert.equal(config.halfCloseGraceMs, 1000);
     assert.equal(config.streamIdleTimeoutMs, 4 * 3_600_000);
     assert.equal(config.refusedDial, 'reset');
+    assert.equal(config.streamCreationTimeoutMs, 30_000);
+    assert.equal(config.websocketPingIntervalMs, 30_000);
   });
 
   it('parses Go-style durations', () => {

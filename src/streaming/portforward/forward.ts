@@ -17,6 +17,8 @@ export interface ForwardDeps {
   /** Nothing listening on the port: reset that connection only, or report it as upstream. */
   refusedDial: RefusedDialPolicy;
   idleTimeoutMs: number;
+  /** SPDY: an error and a data stream must both arrive within this (upstream: 30 s). */
+  streamCreationTimeoutMs: number;
   /** WebSocket keepalive: ping an idle WebSocket this often. */
   pingIntervalMs: number;
 }

@@ -1,7 +1,8 @@
 // Port-forward over SPDY (portforward.k8s.io): each forwarded connection is a pair of
 // client streams, "error" and "data", tied by their requestid header. Both get their
 // SYN_REPLY as soon as they arrive (kubectl waits for it before opening the next); a
-// complete pair goes to the pod side; an incomplete one is dropped after 30 s.
+// complete pair goes to the pod side; an incomplete one is dropped after
+// --stream-creation-timeout (30 s, as upstream).
 //
 // Error policy (README "Errors"): the user must hear about a sandbox that is gone, so its
 // text goes on the error stream and the session ends (kubectl exits non-zero). Per-
@@ -20,8 +21,6 @@ import type { PortForwardGrant } from '../tokens';
 import { forwardConnection, forwardErrorText, type ForwardDeps } from './forward';
 import { isSpdyUpgrade, spdyHandshake } from './spdy-handshake';
 
-/** An error and a data stream must both arrive within this (upstream: 30 s). */
-export const STREAM_CREATION_TIMEOUT_MS = 30_000;
 /** After a fatal error text, how long kubectl gets to read it before we end the session. */
 const FATAL_ERROR_LINGER_MS = 1_000;
 
@@ -85,7 +84,7 @@ export class SpdyPortForwardSession {
     const requestId = stream.headers.get('requestid') ?? String(type === 'error' ? stream.id : stream.id - 2);
     let pair = this.#pairs.get(requestId);
     if (pair === undefined) {
-      pair = { requestId, timer: setTimeout(() => this.#onPairTimeout(requestId), STREAM_CREATION_TIMEOUT_MS) };
+      pair = { requestId, timer: setTimeout(() => this.#onPairTimeout(requestId), this.#deps.streamCreationTimeoutMs) };
       this.#pairs.set(requestId, pair);
     }
     if (pair[type] !== undefined) {
