@@ -1,11 +1,15 @@
 // Wires one server together: sandbox store -> tokens -> streaming server -> CRI server.
 
 import type { Config } from './config';
+import { issuePortForward } from './cri/portforward';
+import { CriProxyServer } from './cri/proxy';
 import { CriServer } from './cri/server';
 import type { Logger } from './log';
 import { createMetrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
+import type { SandboxResolver } from './sandbox/types';
+import { UpstreamSandboxResolver } from './sandbox/upstream';
 import { SpdyPortForwardProtocol } from './streaming/portforward/spdy';
 import { SpdyTunnelProtocol } from './streaming/portforward/tunnel';
 import { WebSocketPortForwardProtocol } from './streaming/portforward/websocket';
@@ -21,15 +25,17 @@ export interface RunningServer {
 
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
   const metrics = createMetrics();
-  const store = await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' }));
-  metrics.observeSandboxes(() => store.countByState());
+  // Embedded mode: our own namespaces. Proxy mode: the upstream runtime's sandboxes.
+  const store = config.upstream === undefined ? await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' })) : undefined;
+  const resolver: SandboxResolver & { close?(): void } = store ?? new UpstreamSandboxResolver(config.upstream!);
+  if (store) metrics.observeSandboxes(() => store.countByState());
   const tokens = new TokenCache({
     ttlMs: config.tokenTtlMs,
     maxInflight: config.maxInflightTokens,
     metrics,
   });
   const forwardDeps = {
-    forwarder: new Forwarder(store),
+    forwarder: new Forwarder(resolver),
     metrics,
     log: log.child({ component: 'portforward' }),
     halfCloseGraceMs: config.halfCloseGraceMs,
@@ -53,12 +59,15 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     tokens.close();
     throw err;
   });
-  const cri = await CriServer.listen(config.criSocket, {
-    store,
-    tokens,
-    streamBaseUrl: streaming.baseUrl,
-    log: log.child({ component: 'cri' }),
-  }).catch(async (err: unknown) => {
+  const criLog = log.child({ component: 'cri' });
+  const cri: { address: string; close(): Promise<void> } = await (store
+    ? CriServer.listen(config.criSocket, { store, tokens, streamBaseUrl: streaming.baseUrl, log: criLog })
+    : CriProxyServer.listen(config.criSocket, {
+        upstream: config.upstream!,
+        portForward: (req) => issuePortForward({ resolver, tokens, streamBaseUrl: streaming.baseUrl }, req),
+        log: criLog,
+      })
+  ).catch(async (err: unknown) => {
     await streaming.close();
     tokens.close();
     throw err;
@@ -69,7 +78,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     async close() {
       await Promise.all([cri.close(), streaming.close()]);
       tokens.close();
-      await store.close();
+      await store?.close();
+      resolver.close?.();
     },
   };
 }

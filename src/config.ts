@@ -23,6 +23,8 @@ export interface ListenAddress {
 
 export interface Config {
   criSocket: string;
+  /** Proxy mode: the upstream runtime's CRI endpoint (unix:///path or host:port). */
+  upstream: string | undefined;
   stateDir: string;
   streamAddress: ListenAddress;
   tlsCert: string | undefined;
@@ -59,6 +61,7 @@ export interface FlagSpec {
 /** The flags of `serve`, in the order --help prints them. */
 export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'cri-socket', value: 'path', default: DEFAULT_CRI_SOCKET, help: 'unix socket of the CRI gRPC RuntimeService' },
+  { name: 'upstream', value: 'endpoint', default: undefined, help: 'proxy mode: pass every CRI call to this runtime (e.g. unix:///run/containerd/containerd.sock) and answer PortForward ourselves' },
   { name: 'state-dir', value: 'dir', default: DEFAULT_STATE_DIR, help: 'sandbox records and network namespaces of the embedded store' },
   { name: 'stream-address', value: 'host:port', default: DEFAULT_STREAM_ADDRESS, help: 'listen address of the streaming server (port 0: a free port)' },
   { name: 'tls-cert', value: 'file', default: undefined, help: 'PEM certificate: serve the streaming server over https (needs --tls-key)' },
@@ -94,6 +97,7 @@ export function buildConfig(flags: RawFlags): Config {
   if (tokenTtlMs < 1) throw new ConfigError('--token-ttl must be at least 1ms');
   return {
     criSocket,
+    upstream: parseUpstream(get('upstream')),
     stateDir: requirePath('state-dir', get('state-dir')),
     streamAddress: parseListenAddress('stream-address', get('stream-address') ?? ''),
     tlsCert,
@@ -107,6 +111,12 @@ export function buildConfig(flags: RawFlags): Config {
     streamCreationTimeoutMs: positiveDuration('stream-creation-timeout', get('stream-creation-timeout') ?? ''),
     websocketPingIntervalMs: positiveDuration('websocket-ping-interval', get('websocket-ping-interval') ?? ''),
   };
+}
+
+function parseUpstream(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (/^unix:\/\/\/.+/.test(value) || /^(?:(?:tcp|dns):\/\/\/?)?[^\s/:]+:[0-9]{1,5}$/.test(value)) return value;
+  throw new ConfigError(`--upstream must be unix:///path/to.sock or host:port, not "${value}"`);
 }
 
 function positiveDuration(flag: string, value: string): number {

@@ -11,13 +11,14 @@ import type {
   RunPodSandboxRequestMsg,
   StatusRequestMsg,
 } from '../cri-api';
-import { failedPrecondition, invalidArgument, notFound } from '../errors';
+import { invalidArgument, notFound } from '../errors';
 import type { Logger } from '../log';
 import { PACKAGE_VERSION } from '../package-info';
 import type { EmbeddedSandboxStore } from '../sandbox/embedded';
 import type { SandboxRecord, SandboxState } from '../sandbox/types';
 import type { TokenCache } from '../streaming/tokens';
 import { toServiceError } from './grpc-status';
+import { issuePortForward } from './portforward';
 
 export const RUNTIME_NAME = 'cri-portforward';
 /** The CRI API version we speak (Version.runtime_api_version). */
@@ -119,21 +120,9 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
       return { items: items.map(listItem) };
     }),
 
-    PortForward: unary<PortForwardRequestMsg>('PortForward', log, async (req) => {
-      const sandboxId = requireSandboxId(req.pod_sandbox_id);
-      for (const port of req.port) {
-        if (!Number.isInteger(port) || port < 1 || port > 65535) {
-          throw invalidArgument(`invalid port ${port}: ports must be in 1..65535`);
-        }
-      }
-      const sandbox = await store.resolve(sandboxId);
-      if (sandbox === undefined) throw notFound(`sandbox ${sandboxId} not found`);
-      if (!sandbox.ready) {
-        throw failedPrecondition(`sandbox ${sandbox.id} is not ready (sandbox container is not running)`);
-      }
-      const token = tokens.issue({ sandboxId: sandbox.id, ports: [...req.port] });
-      return { url: `${deps.streamBaseUrl}/portforward/${token}` };
-    }),
+    PortForward: unary<PortForwardRequestMsg>('PortForward', log, (req) =>
+      issuePortForward({ resolver: store, tokens, streamBaseUrl: deps.streamBaseUrl }, req),
+    ),
   };
 }
 

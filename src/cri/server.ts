@@ -62,7 +62,7 @@ export class CriServer {
  * A socket file left by a crashed server is replaced; one that a live server answers on
  * is an error, so that two servers never fight over one kubelet.
  */
-async function clearStaleSocket(path: string): Promise<void> {
+export async function clearStaleSocket(path: string): Promise<void> {
   let stat;
   try {
     stat = await fs.lstat(path);

@@ -47,5 +47,8 @@ describe('config', () => {
     assert.throws(() => buildConfig({ 'max-inflight-tokens': '1e3' }), /--max-inflight-tokens/);
     assert.throws(() => buildConfig({ 'token-ttl': '0s' }), /--token-ttl must be at least/);
     assert.throws(() => buildConfig({ 'refused-dial': 'ignore' }), /--refused-dial must be reset or error/);
+    assert.throws(() => buildConfig({ upstream: '/run/containerd/containerd.sock' }), /--upstream must be unix:\/\/\/path/);
+    assert.equal(buildConfig({ upstream: 'unix:///run/containerd/containerd.sock' }).upstream, 'unix:///run/containerd/containerd.sock');
+    assert.equal(buildConfig({ upstream: '127.0.0.1:10010' }).upstream, '127.0.0.1:10010');
   });
 });

@@ -1,0 +1,198 @@
+// Proxy mode: the CRI socket passes every call through to an upstream runtime (containerd,
+// CRI-O) at the HTTP/2 level, and answers PortForward itself. Working on HTTP/2 streams
+// rather than registered gRPC methods means nothing is decoded on the way: request and
+// response bytes, metadata, deadline (grpc-timeout), status code and message go through
+// unchanged, server-streaming calls included, and a CRI method added upstream next year
+// works without an update of ours.
+
+import { promises as fs } from 'node:fs';
+import * as http2 from 'node:http2';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { RuntimeServiceDefinition, type PortForwardRequestMsg } from '../cri-api';
+import { CriError } from '../errors';
+import type { Logger } from '../log';
+import { toServiceError } from './grpc-status';
+import { clearStaleSocket } from './server';
+
+const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
+/** A PortForward request is tiny; anything bigger is not one. */
+const MAX_PORT_FORWARD_REQUEST_BYTES = 64 * 1024;
+const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
+
+export interface CriProxyOptions {
+  /** unix:///path/to.sock, or host:port (plain HTTP/2). */
+  upstream: string;
+  portForward(request: PortForwardRequestMsg): Promise<object>;
+  log: Logger;
+}
+
+export class CriProxyServer {
+  readonly #server: http2.Http2Server;
+  readonly #socketPath: string;
+  readonly #options: CriProxyOptions;
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  #upstreamSession: http2.ClientHttp2Session | undefined;
+
+  private constructor(socketPath: string, options: CriProxyOptions) {
+    this.#socketPath = socketPath;
+    this.#options = options;
+    this.#server = http2.createServer();
+    this.#server.on('session', (session) => {
+      this.#sessions.add(session);
+      session.once('close', () => this.#sessions.delete(session));
+    });
+    this.#server.on('stream', (stream, headers) => this.#onStream(stream, headers));
+  }
+
+  static async listen(socketPath: string, options: CriProxyOptions): Promise<CriProxyServer> {
+    await fs.mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
+    await clearStaleSocket(socketPath);
+    const proxy = new CriProxyServer(socketPath, options);
+    await new Promise<void>((resolve, reject) => {
+      proxy.#server.once('error', reject);
+      proxy.#server.listen(socketPath, () => resolve());
+    });
+    await fs.chmod(socketPath, 0o660);
+    return proxy;
+  }
+
+  get address(): string {
+    return `unix://${this.#socketPath}`;
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const session of this.#sessions) session.destroy();
+    this.#upstreamSession?.destroy();
+    await closed;
+    await fs.rm(this.#socketPath, { force: true });
+  }
+
+  #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', (err) => this.#options.log.debug('CRI proxy: client stream error', { err }));
+    if (headers[':path'] === PORT_FORWARD_PATH) {
+      void this.#portForward(stream);
+      return;
+    }
+    this.#passThrough(stream, headers);
+  }
+
+  // ---- pass-through ------------------------------------------------------------------
+
+  #passThrough(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const outgoing: http2.OutgoingHttpHeaders = {};
+    for (const [name, value] of Object.entries(headers)) {
+      if (name.startsWith(':') && name !== ':method' && name !== ':path') continue;
+      outgoing[name] = value;
+    }
+    let upstream: http2.ClientHttp2Stream;
+    try {
+      upstream = this.#upstream().request(outgoing, { endStream: false });
+    } catch (err) {
+      this.#unavailable(stream, err);
+      return;
+    }
+    let trailers: http2.IncomingHttpHeaders | undefined;
+    upstream.on('response', (responseHeaders, flags) => {
+      if (stream.destroyed) return;
+      const endStream = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      stream.respond(responseHeaders, endStream ? { endStream: true } : { waitForTrailers: true });
+    });
+    upstream.on('trailers', (t) => (trailers = t));
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? { 'grpc-status': String(grpcStatus.INTERNAL), 'grpc-message': 'upstream sent no trailers' }));
+    upstream.on('error', (err) => {
+      if (!stream.headersSent) this.#unavailable(stream, err);
+      else stream.close(NGHTTP2_INTERNAL_ERROR);
+    });
+    upstream.pipe(stream);
+    stream.pipe(upstream);
+    // The client cancelled (or its deadline passed): cancel upstream too.
+    stream.on('close', () => {
+      if (!upstream.closed) upstream.close(NGHTTP2_CANCEL);
+    });
+  }
+
+  /** One HTTP/2 connection to the upstream runtime, made again after it went away. */
+  #upstream(): http2.ClientHttp2Session {
+    const current = this.#upstreamSession;
+    if (current !== undefined && !current.closed && !current.destroyed) return current;
+    const target = this.#options.upstream;
+    const session = target.startsWith('unix://')
+      ? http2.connect('http://localhost', { createConnection: () => connect(target.slice('unix://'.length)) })
+      : http2.connect(`http://${target.replace(/^(tcp|dns):\/\/\/?/, '')}`);
+    session.on('error', (err) => this.#options.log.debug('CRI proxy: upstream connection error', { upstream: target, err }));
+    session.on('close', () => {
+      if (this.#upstreamSession === session) this.#upstreamSession = undefined;
+    });
+    session.on('goaway', () => {
+      if (this.#upstreamSession === session) this.#upstreamSession = undefined;
+    });
+    this.#upstreamSession = session;
+    return session;
+  }
+
+  #unavailable(stream: http2.ServerHttp2Stream, err: unknown): void {
+    const message = `upstream CRI runtime ${this.#options.upstream} is unavailable: ${(err as Error)?.message ?? String(err)}`;
+    this.#options.log.warn('CRI proxy: upstream unavailable', { upstream: this.#options.upstream, err });
+    respondStatus(stream, grpcStatus.UNAVAILABLE, message);
+  }
+
+  // ---- PortForward, answered here ----------------------------------------------------
+
+  async #portForward(stream: http2.ServerHttp2Stream): Promise<void> {
+    try {
+      const body = await readBody(stream, MAX_PORT_FORWARD_REQUEST_BYTES);
+      if (body.length < 5 || body[0] !== 0 || body.readUInt32BE(1) !== body.length - 5) {
+        throw new CriError('invalid-argument', 'PortForward: malformed or compressed gRPC message');
+      }
+      const request = RuntimeServiceDefinition.PortForward!.requestDeserialize(body.subarray(5)) as PortForwardRequestMsg;
+      const response = await this.#options.portForward(request);
+      const payload = RuntimeServiceDefinition.PortForward!.responseSerialize(response) as Buffer;
+      const frame = Buffer.allocUnsafe(5 + payload.length);
+      frame[0] = 0;
+      frame.writeUInt32BE(payload.length, 1);
+      payload.copy(frame, 5);
+      if (stream.destroyed) return;
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(frame);
+    } catch (err) {
+      const { code, details } = toServiceError(err);
+      respondStatus(stream, code ?? grpcStatus.INTERNAL, details ?? String(err));
+    }
+  }
+}
+
+/** A trailers-only gRPC answer. */
+function respondStatus(stream: http2.ServerHttp2Stream, code: number, message: string): void {
+  if (stream.destroyed || stream.headersSent) return;
+  stream.respond(
+    { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': percentEncode(message) },
+    { endStream: true },
+  );
+}
+
+/** gRPC's grpc-message encoding: percent-encode '%' and anything outside printable ASCII. */
+function percentEncode(message: string): string {
+  return message.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
+}
+
+function readBody(stream: http2.ServerHttp2Stream, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        reject(new CriError('invalid-argument', `PortForward request larger than ${limit} bytes`));
+        stream.pause();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    stream.once('end', () => resolve(Buffer.concat(chunks, size)));
+    stream.once('error', reject);
+  });
+}
