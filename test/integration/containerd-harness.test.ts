@@ -1,0 +1,134 @@
+// The private containerd 1.6 harness itself (test/support/containerd.ts): its CRI answers,
+// runs a sandbox from our own pause image in a CNI network namespace, survives a restart
+// with its shims, and leaves nothing behind after removeAllSandboxes() and stop().
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { criClient, type CriTestClient } from '../support/cri-client';
+import {
+  containerdSkipReason,
+  leftoversOf,
+  mountsUnderDir,
+  netnsPathFromVerboseInfo,
+  POD_SUBNET,
+  removeAllSandboxes,
+  shimsOf,
+  startContainerd,
+  type PrivateContainerd,
+} from '../support/containerd';
+
+const skip = containerdSkipReason();
+
+function isPause(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] === '/pause';
+  } catch {
+    return false;
+  }
+}
+
+describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
+  let c: PrivateContainerd | undefined;
+  let cri: CriTestClient | undefined;
+  let sandboxId = '';
+  let netnsPath = '';
+  let pausePid = 0;
+
+  before(async () => {
+    c = await startContainerd();
+    cri = criClient(c.address);
+  });
+
+  after(async () => {
+    cri?.close();
+    // Only reached with something left if a test failed half-way.
+    if (c) await c.stop();
+  });
+
+  it('serves CRI Version on its own socket under its temp dir', async () => {
+    assert.ok(c && cri);
+    assert.ok(isAbsolute(c.socket) && c.socket.startsWith(c.dir + '/'), c.socket);
+    assert.equal(c.address, `unix://${c.socket}`);
+    assert.match(c.dir, /^\/tmp\/cripf-containerd-/);
+    const v = await cri.call('Version', { version: 'v1' });
+    assert.equal(v.runtime_name, 'containerd');
+    assert.match(v.runtime_version, /^1\.6\./);
+    assert.equal(v.runtime_api_version, 'v1');
+  });
+
+  it('runs a sandbox from its pause image in a CNI network namespace', async () => {
+    assert.ok(c && cri);
+    const config = {
+      metadata: { name: 'harness', namespace: 'cripf-test', uid: 'harness-uid', attempt: 0 },
+      labels: { app: 'harness' },
+      log_directory: join(c.dir, 'pod-logs'),
+      linux: {},
+    };
+    sandboxId = (await cri.call('RunPodSandbox', { config })).pod_sandbox_id;
+    assert.match(sandboxId, /^[0-9a-f]{64}$/);
+    const res = await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true });
+    assert.equal(res.status.state, 'SANDBOX_READY');
+    assert.equal(res.status.linux.namespaces.options.network, 'POD');
+    const prefix = POD_SUBNET.split('.').slice(0, 3).join('.') + '.';
+    assert.ok(res.status.network.ip.startsWith(prefix), res.status.network.ip);
+
+    // containerd 1.6: info["info"] JSON, runtimeSpec.linux.namespaces[type=network].path
+    const info = JSON.parse(res.info.info);
+    assert.equal(info.image, c.sandboxImage);
+    assert.equal(info.processStatus, 'running');
+    netnsPath = netnsPathFromVerboseInfo(res.info) ?? '';
+    assert.ok(netnsPath.startsWith(join(c.dir, 'state') + '/'), `netns under the state dir: ${netnsPath}`);
+    assert.ok(existsSync(netnsPath));
+    assert.ok(mountsUnderDir(c.dir).includes(netnsPath), 'the netns is a mount');
+    assert.notEqual(statSync(netnsPath).ino, statSync('/proc/self/ns/net').ino);
+    const eth0 = execFileSync('nsenter', [`--net=${netnsPath}`, 'ip', '-o', '-4', 'addr', 'show', 'eth0'], {
+      encoding: 'utf8',
+    });
+    assert.ok(eth0.includes(` ${res.status.network.ip}/24 `), eth0);
+
+    pausePid = info.pid;
+    assert.ok(isPause(pausePid), `pid ${pausePid} runs /pause`);
+    assert.equal(shimsOf(c.dir).length, 1, 'one shim');
+  });
+
+  it('restarts containerd alone: the shim lives on and the sandbox is still there', async () => {
+    assert.ok(c && cri);
+    const oldPid = c.pid;
+    const [shim] = shimsOf(c.dir);
+    await c.restart();
+    assert.notEqual(c.pid, oldPid);
+    assert.deepEqual(shimsOf(c.dir), [shim]);
+    assert.ok(isPause(pausePid));
+    // The client from before the restart reconnects.
+    const { items } = await cri.call('ListPodSandbox', {});
+    assert.deepEqual(
+      items.map((s: { id: string; state: string }) => [s.id, s.state]),
+      [[sandboxId, 'SANDBOX_READY']],
+    );
+    assert.equal((await cri.call('Version', { version: 'v1' })).runtime_name, 'containerd');
+  });
+
+  it('removeAllSandboxes stops and removes every sandbox, and its shim exits', async () => {
+    assert.ok(c && cri);
+    assert.deepEqual(await removeAllSandboxes(c.address), [sandboxId]);
+    assert.deepEqual((await cri.call('ListPodSandbox', {})).items, []);
+    assert.equal(existsSync(netnsPath), false);
+    assert.equal(isPause(pausePid), false);
+    const deadline = Date.now() + 5_000;
+    while (shimsOf(c.dir).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(shimsOf(c.dir), []);
+  });
+
+  it('stop() leaves no process, shim, mount, netns, bridge, cgroup, CNI cache or dir', async () => {
+    assert.ok(c);
+    const { pid, dir } = c;
+    await c.stop();
+    assert.equal(existsSync(`/proc/${pid}/cmdline`) && readFileSync(`/proc/${pid}/cmdline`).length > 0, false);
+    assert.deepEqual(leftoversOf(c, [sandboxId]), []);
+    assert.deepEqual(mountsUnderDir(dir), []);
+    assert.equal(existsSync(dir), false);
+  });
+});
