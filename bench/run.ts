@@ -13,13 +13,17 @@
 //   direct, the server's CPU s/GiB and its ratio to socat's (goal <= 3.0x; containerd 3.3x);
 //   the same through kubectl's default SPDY-in-WebSocket tunnel (goal: within 10% of SPDY);
 // - 1 GiB down and up through WebSocket v4 with a fast ws client (goal >= 0.5x direct,
-//   server CPU <= 2.5x socat's).
+//   server CPU <= 2.5x socat's);
+// - proxy mode against a private containerd 1.6: 256 MiB through kubectl via containerd's
+//   streaming server and via ours, alternating, medians of 5 (goals: throughput >= 1.0x,
+//   CPU <= 1.0x containerd's), and the pass-through cost on ListPodSandbox (goal >= 0.8x).
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
 import { kubectlTransfer } from './kubectl-spdy';
 import { websocketTransfer } from './websocket';
 import { dialRate, transfer, type Direction } from './pod-side';
+import { proxyBench } from './proxy';
 import { TokenCache } from '../src/streaming/tokens';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
 import { startServer } from '../test/support/server-process';
@@ -120,8 +124,27 @@ async function podSideRows(): Promise<Row[]> {
   return rows;
 }
 
+async function proxyRows(): Promise<Row[]> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('skipping the proxy benchmark: a private containerd needs root\n');
+    return [];
+  }
+  const p = await proxyBench();
+  const round = (n: number, digits = 2): number => Number(n.toFixed(digits));
+  return [
+    { name: 'proxy: 256 MiB via kubectl, ours', value: Math.round(p.oursMBps), unit: 'MB/s' },
+    { name: 'proxy: 256 MiB via kubectl, containerd', value: Math.round(p.containerdMBps), unit: 'MB/s' },
+    { name: 'proxy: throughput ours / containerd', value: round(p.oursMBps / p.containerdMBps), unit: 'ratio', goal: '>= 1.0' },
+    { name: 'proxy: server CPU per GiB, ours', value: round(p.oursCpuPerGiB, 3), unit: 's/GiB' },
+    { name: 'proxy: server CPU per GiB, containerd', value: round(p.containerdCpuPerGiB, 3), unit: 's/GiB' },
+    { name: 'proxy: CPU ours / containerd', value: round(p.oursCpuPerGiB / p.containerdCpuPerGiB), unit: 'ratio', goal: '<= 1.0 (0.75)' },
+    { name: 'proxy: ListPodSandbox p50 added', value: round(p.listP50AddedMs, 3), unit: 'ms' },
+    { name: 'proxy: ListPodSandbox RPCs/s ours / direct', value: round(p.listRateRatio), unit: 'ratio', goal: '>= 0.8' },
+  ];
+}
+
 async function main(): Promise<void> {
-  const rows: Row[] = [tokenMemory(), await portForwardRate(), ...(await podSideRows())];
+  const rows: Row[] = [tokenMemory(), await portForwardRate(), ...(await podSideRows()), ...(await proxyRows())];
   const width = Math.max(...rows.map((r) => r.name.length));
   process.stdout.write(`${'benchmark'.padEnd(width)}  ${'value'.padStart(10)}  unit       goal\n`);
   for (const r of rows) {

@@ -147,4 +147,16 @@ describe('proxy mode in front of containerd 1.6', { skip }, () => {
     assert.equal((await viaProxy.call('Version', { version: 'v1' })).runtime_name, 'containerd');
     assert.equal((await viaProxy.call('PodSandboxStatus', { pod_sandbox_id: sandboxId })).status.state, 'SANDBOX_READY');
   });
+
+  it('stops and removes the sandbox through the proxy, as containerd answers them', async () => {
+    for (const f of forwards.splice(0)) await f.stop();
+    await echo?.stop();
+    assert.deepEqual(await viaProxy.call('StopPodSandbox', { pod_sandbox_id: sandboxId }), {});
+    assert.equal((await direct.call('PodSandboxStatus', { pod_sandbox_id: sandboxId })).status.state, 'SANDBOX_NOTREADY');
+    assert.deepEqual(await viaProxy.call('RemovePodSandbox', { pod_sandbox_id: sandboxId }), {});
+    const gone = await grpcError(direct.call('PodSandboxStatus', { pod_sandbox_id: sandboxId }));
+    assert.equal(gone.code, grpc.status.NOT_FOUND);
+    // Removing again is fine, as containerd says.
+    assert.deepEqual(await viaProxy.call('RemovePodSandbox', { pod_sandbox_id: sandboxId }), {});
+  });
 });

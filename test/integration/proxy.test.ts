@@ -5,6 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { startPodApp, type PodApp } from '../support/apps';
 import { criClient, grpcError, podConfig, type CriTestClient } from '../support/cri-client';
@@ -102,5 +103,61 @@ describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
     direct.close();
     direct = criClient(upstream.criAddress);
     assert.equal((await viaProxy.call('Version', {})).runtime_name, 'cri-portforward');
+  });
+});
+
+describe('proxy mode: what the pass-through carries', () => {
+  it('carries the deadline, metadata, status code, message and trailers unchanged', async () => {
+    const http2 = await import('node:http2');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'cripf-fake-upstream-'));
+    const seen: Record<string, unknown>[] = [];
+    // A bare HTTP/2 upstream that records what arrives and answers with a chosen status.
+    const upstream = http2.createServer();
+    upstream.on('stream', (stream, headers) => {
+      seen.push({ ...headers });
+      stream.on('data', () => undefined);
+      stream.on('end', () => {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.on('wantTrailers', () =>
+          stream.sendTrailers({ 'grpc-status': '9', 'grpc-message': 'custom%20failure', 'x-upstream-trailer': 'kept' }),
+        );
+        stream.end();
+      });
+    });
+    await new Promise<void>((resolve) => upstream.listen(join(dir, 'up.sock'), resolve));
+    const proxy = await startServer({ args: ['--upstream', `unix://${join(dir, 'up.sock')}`] });
+    try {
+      const client = new grpc.Client(proxy.criAddress, grpc.credentials.createInsecure());
+      const metadata = new grpc.Metadata();
+      metadata.set('x-request-meta', 'passed');
+      const error = await new Promise<grpc.ServiceError>((resolve) => {
+        client.makeUnaryRequest(
+          '/runtime.v1.RuntimeService/ListContainers',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from([0x0a, 0x00]),
+          metadata,
+          { deadline: Date.now() + 7000 },
+          (err) => resolve(err!),
+        );
+      });
+      client.close();
+      assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
+      assert.equal(error.details, 'custom failure');
+      assert.deepEqual(error.metadata.get('x-upstream-trailer'), ['kept']);
+      const request = seen[0]!;
+      assert.equal(request[':path'], '/runtime.v1.RuntimeService/ListContainers');
+      assert.equal(request['x-request-meta'], 'passed');
+      const timeout = String(request['grpc-timeout']);
+      assert.match(timeout, /^\d+[mSMu]$/, 'the deadline travels as grpc-timeout');
+    } finally {
+      assert.equal(await proxy.stop(), 0);
+      cleanUpAndAssertNothingLeft(proxy, proxy.dir);
+      await new Promise<void>((resolve) => upstream.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
