@@ -3,16 +3,13 @@
 // (utime + stime from /proc/<pid>/stat, so kubectl's and the relay's CPU are not counted).
 
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { startPodApp } from '../test/support/apps';
-import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startPortForward } from '../test/support/kubectl';
-import { startServer } from '../test/support/server-process';
 import type { Direction } from './pod-side';
 import { cpuSeconds } from './proc';
+import { startBenchSandbox } from './sandbox';
 
 
 export interface KubectlTransfer {
@@ -25,12 +22,7 @@ export async function kubectlTransfer(
   bytes: number,
   transport: 'spdy' | 'default' = 'spdy',
 ): Promise<KubectlTransfer> {
-  const server = await startServer({ args: ['--log-level', 'warn'] });
-  const cri = criClient(server.criAddress);
-  const root = process.getuid?.() === 0;
-  const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
-  const netns = root ? JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath : null;
-  const app = await startPodApp(netns, direction === 'download' ? `source:${bytes}` : 'sink');
+  const { server, sandboxId: id, app, stop } = await startBenchSandbox(direction === 'download' ? `source:${bytes}` : 'sink');
   const api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench', refuseWebSocket: transport === 'spdy' });
   const forward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: id, ports: [`0:${app.port}`], transport });
   try {
@@ -50,10 +42,6 @@ export async function kubectlTransfer(
   } finally {
     await forward.stop();
     await api.close();
-    await app.stop();
-    await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
-    cri.close();
-    await server.stop();
-    rmSync(server.dir, { recursive: true, force: true });
+    await stop();
   }
 }

@@ -2,23 +2,15 @@
 // MB/s and the server process's CPU seconds per GiB. (kubectl's SPDY-in-WebSocket tunnel
 // is measured by kubectl-spdy.ts with transport 'default'.)
 
-import { rmSync } from 'node:fs';
 import WebSocket from 'ws';
-import { startPodApp } from '../test/support/apps';
-import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
-import { startServer } from '../test/support/server-process';
 import type { Direction } from './pod-side';
 import { cpuSeconds } from './proc';
+import { startBenchSandbox } from './sandbox';
 
 export async function websocketTransfer(direction: Direction, bytes: number): Promise<{ mbPerSecond: number; serverCpuPerGiB: number }> {
-  const server = await startServer({ args: ['--log-level', 'warn'] });
-  const cri = criClient(server.criAddress);
-  const root = process.getuid?.() === 0;
-  const id = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
-  const netns = root ? JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath : null;
-  const app = await startPodApp(netns, direction === 'download' ? `source:${bytes}` : 'sink');
+  const { server, cri, sandboxId, app, stop } = await startBenchSandbox(direction === 'download' ? `source:${bytes}` : 'sink');
   try {
-    const { url } = await cri.call('PortForward', { pod_sandbox_id: id, port: [app.port] });
+    const { url } = await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [app.port] });
     const cpuBefore = cpuSeconds(server.proc.pid!);
     const started = process.hrtime.bigint();
     const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v4.channel.k8s.io'], { maxPayload: 64 << 20 });
@@ -46,10 +38,6 @@ export async function websocketTransfer(direction: Direction, bytes: number): Pr
     if (direction === 'download' && received !== bytes + 2) throw new Error(`websocket download: ${received - 2} of ${bytes} bytes`);
     return { mbPerSecond: bytes / 1e6 / seconds, serverCpuPerGiB: cpu / (bytes / 2 ** 30) };
   } finally {
-    await app.stop();
-    await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
-    cri.close();
-    await server.stop();
-    rmSync(server.dir, { recursive: true, force: true });
+    await stop();
   }
 }
