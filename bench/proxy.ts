@@ -4,6 +4,7 @@
 // server's CPU per GiB from /proc/<pid>/stat; and the pass-through cost on ListPodSandbox.
 
 import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startPodApp } from '../test/support/apps';
@@ -102,6 +103,7 @@ export async function proxyBench(): Promise<ProxyBench> {
     viaProxy.close();
     direct.close();
     await ours.stop();
+    rmSync(ours.dir, { recursive: true, force: true });
     await containerd.stop();
   }
 }
