@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { PodApp } from '../support/apps';
 import type { KubectlPortForward } from '../support/kubectl';
-import { app, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
+import { app, assertSandboxRemovalEndsKubectl, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
 import { rootSkipReason } from '../support/root';
 import { collect, dial, downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
 
@@ -136,21 +136,7 @@ describe('kubectl port-forward over SPDY: session-wide cases', { skip }, () => {
     assert.ok((await metric(w, 'cri_portforward_spdy_pings_total')) >= 3);
   });
 
-  it('tells kubectl when the sandbox is removed mid-session: kubectl exits non-zero', async () => {
-    const pod = await sandbox(w, 'doomed');
-    const echo = await app(w, pod.netns, 'echo');
-    const forward = await kubectl(w, pod.id, [echo.port]);
-    assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('alive'))).toString(), 'alive');
-    await w.cri.call('RemovePodSandbox', { pod_sandbox_id: pod.id });
-    const socket = await dial(forward.localPorts[0]!);
-    void collect(socket);
-    const code = await exitsWithin(forward, 10_000);
-    socket.destroy();
-    assert.notEqual(code, 0);
-    assert.notEqual(code, 'still running');
-    // kubectl prints the error stream's text (with its quotes escaped).
-    assert.match(forward.stderr(), new RegExp(`error forwarding port \\d+ to pod ${pod.id}, uid : network namespace for sandbox \\\\?"${pod.id}`));
-  });
+  it('tells kubectl when the sandbox is removed mid-session: kubectl exits non-zero', () => assertSandboxRemovalEndsKubectl(w, 'doomed'));
 });
 
 describe('kubectl port-forward over SPDY with --refused-dial=error', { skip }, () => {

@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { KubectlPortForward } from '../support/kubectl';
-import { app, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
+import { app, assertSandboxRemovalEndsKubectl, endWorld, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
 import { rootSkipReason } from '../support/root';
-import { collect, dial, downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+import { downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
 
 const skip = rootSkipReason();
 const GiB = 2 ** 30;
@@ -54,18 +54,5 @@ describe('kubectl port-forward, default transport (SPDY in WebSocket)', { skip }
     await downloadIntact(local.source!, GiB);
   });
 
-  it('tells kubectl when the sandbox is removed: kubectl exits non-zero', async () => {
-    const doomed = await sandbox(w, 'tunnel-doomed');
-    const echo = await app(w, doomed.netns, 'echo');
-    const f = await kubectl(w, doomed.id, [echo.port]);
-    assert.equal((await roundTrip(f.localPorts[0]!, Buffer.from('alive'))).toString(), 'alive');
-    await w.cri.call('RemovePodSandbox', { pod_sandbox_id: doomed.id });
-    const socket = await dial(f.localPorts[0]!);
-    void collect(socket);
-    const code = await exitsWithin(f, 10_000);
-    socket.destroy();
-    assert.notEqual(code, 'still running');
-    assert.notEqual(code, 0);
-    assert.match(f.stderr(), new RegExp(`error forwarding port \\d+ to pod ${doomed.id}, uid : network namespace for sandbox`));
-  });
+  it('tells kubectl when the sandbox is removed: kubectl exits non-zero', () => assertSandboxRemovalEndsKubectl(w, 'tunnel-doomed'));
 });

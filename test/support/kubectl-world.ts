@@ -9,6 +9,7 @@ import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from './cri-cl
 import { FakeApiServer } from './fake-apiserver';
 import { startPortForward, type KubectlPortForward } from './kubectl';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from './server-process';
+import { collect, dial, roundTrip } from './tcp-client';
 
 export interface World {
   server: ServerProcess;
@@ -87,3 +88,22 @@ export function exitsWithin(forward: KubectlPortForward, ms: number): Promise<nu
   return Promise.race([forward.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), ms))]);
 }
 
+
+/**
+ * Remove a forwarded sandbox mid-session and open one more connection: kubectl must print
+ * our error-stream text (its quotes escaped) and exit non-zero, whatever the transport.
+ */
+export async function assertSandboxRemovalEndsKubectl(w: World, name: string): Promise<void> {
+  const pod = await sandbox(w, name);
+  const echo = await app(w, pod.netns, 'echo');
+  const forward = await kubectl(w, pod.id, [echo.port]);
+  assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('alive'))).toString(), 'alive');
+  await w.cri.call('RemovePodSandbox', { pod_sandbox_id: pod.id });
+  const socket = await dial(forward.localPorts[0]!);
+  void collect(socket);
+  const code = await exitsWithin(forward, 10_000);
+  socket.destroy();
+  assert.notEqual(code, 'still running');
+  assert.notEqual(code, 0);
+  assert.match(forward.stderr(), new RegExp(`error forwarding port \\d+ to pod ${pod.id}, uid : network namespace for sandbox \\\\?"${pod.id}`));
+}
