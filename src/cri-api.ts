@@ -7,9 +7,9 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PACKAGE_ROOT } from './package-info';
 
-export const CRI_PROTO_PATH = join(PACKAGE_ROOT, 'proto', 'runtime', 'v1', 'api.proto');
+const CRI_PROTO_PATH = join(PACKAGE_ROOT, 'proto', 'runtime', 'v1', 'api.proto');
 
-export const CRI_LOADER_OPTIONS: protoLoader.Options = {
+const CRI_LOADER_OPTIONS: protoLoader.Options = {
   keepCase: true,
   longs: String,
   enums: String,
@@ -26,9 +26,6 @@ const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as {
 export const RuntimeServiceDefinition: grpc.ServiceDefinition = loaded.runtime.v1.RuntimeService.service;
 /** Client constructor, for tests and for the upstream resolver of proxy mode. */
 export const RuntimeServiceClient: grpc.ServiceClientConstructor = loaded.runtime.v1.RuntimeService;
-
-export const RUNTIME_SERVICE = 'runtime.v1.RuntimeService';
-export const IMAGE_SERVICE = 'runtime.v1.ImageService';
 
 // The message shapes our handlers read and write (only the fields we use).
 

@@ -1,6 +1,7 @@
-// Errors that cross an API boundary (gRPC or HTTP) carry a kind. Each boundary maps kinds
-// to its own status codes in exactly one place: cri/grpc-status.ts and
-// streaming/http-status.ts. Anything that is not a CriError is an internal error.
+// Errors that cross the gRPC boundary carry a kind, mapped to status codes in exactly one
+// place (cri/grpc-status.ts). Anything that is not a CriError is an internal error. The
+// streaming server answers HTTP with its own statuses (streaming/server.ts): no CriError
+// reaches it, and a failed forward is told by its verdict (streaming/portforward/verdict.ts).
 
 export type ErrorKind =
   | 'invalid-argument'

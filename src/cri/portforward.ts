@@ -4,6 +4,7 @@
 import type { PortForwardRequestMsg } from '../cri-api';
 import { failedPrecondition, invalidArgument, notFound } from '../errors';
 import type { SandboxResolver } from '../sandbox/types';
+import { portForwardUrl } from '../streaming/portforward-url';
 import type { TokenCache } from '../streaming/tokens';
 
 export interface PortForwardIssuer {
@@ -27,5 +28,5 @@ export async function issuePortForward(issuer: PortForwardIssuer, req: PortForwa
     throw failedPrecondition(`sandbox ${sandbox.id} is not ready (sandbox container is not running)`);
   }
   const token = issuer.tokens.issue({ sandboxId: sandbox.id, ports: [...req.port] });
-  return { url: `${issuer.streamBaseUrl}/portforward/${token}` };
+  return { url: portForwardUrl(issuer.streamBaseUrl, token) };
 }

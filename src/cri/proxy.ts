@@ -14,7 +14,7 @@ import { RuntimeServiceDefinition, type PortForwardRequestMsg } from '../cri-api
 import { CriError } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './grpc-status';
-import { clearStaleSocket } from './server';
+import { clearStaleSocket } from './socket-file';
 
 const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
 /** A PortForward request is tiny; anything bigger is not one. */

@@ -2,9 +2,9 @@
 
 import * as grpc from '@grpc/grpc-js';
 import { promises as fs } from 'node:fs';
-import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { RuntimeServiceDefinition } from '../cri-api';
+import { clearStaleSocket } from './socket-file';
 import { runtimeServiceHandlers, type RuntimeServiceDeps } from './runtime-service';
 
 /** kubelet sends sandbox configs well below this; crictl's default is 16 MiB too. */
@@ -56,31 +56,4 @@ export class CriServer {
     });
     await fs.rm(this.#socketPath, { force: true });
   }
-}
-
-/**
- * A socket file left by a crashed server is replaced; one that a live server answers on
- * is an error, so that two servers never fight over one kubelet.
- */
-export async function clearStaleSocket(path: string): Promise<void> {
-  let stat;
-  try {
-    stat = await fs.lstat(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  if (!stat.isSocket()) {
-    throw new Error(`CRI socket path ${path} exists and is not a socket; refusing to replace it`);
-  }
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (live) throw new Error(`another server is already listening on CRI socket ${path}`);
-  await fs.rm(path, { force: true });
 }

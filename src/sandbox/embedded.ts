@@ -8,7 +8,8 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { alreadyExists, invalidArgument, notFound, permissionDenied } from '../errors';
 import type { Logger } from '../log';
-import { createNetns, hasSysAdmin, isNetnsMounted, removeNetns } from '../netns/namespaces';
+import { hasSysAdmin } from '../capabilities';
+import { createNetns, isNetnsMounted, removeNetns } from './namespaces';
 import { RecordDir } from './records';
 import type {
   NetworkMode,

@@ -8,11 +8,11 @@ import type { Duplex } from 'node:stream';
 import type { ListenAddress } from '../config';
 import type { Logger } from '../log';
 import type { Metrics } from '../metrics';
-import { sendPlain, sendPlainOnSocket, type PlainAnswer } from './http-status';
+import { sendPlain, sendPlainOnSocket, type PlainAnswer } from './plain-answer';
 import type { PortForwardProtocol } from './protocol';
+import { tokenOfPath } from './portforward-url';
 import type { TokenCache } from './tokens';
 
-const PORTFORWARD_PATH = /^\/portforward\/([A-Za-z0-9_-]+)\/?$/;
 /** A client that has not sent its request headers by then is dropped (slowloris). */
 const HEADERS_TIMEOUT_MS = 30_000;
 
@@ -106,12 +106,12 @@ export class StreamingServer {
     if (path === '/metrics') {
       return method === 'GET' ? { status: 400, body: '/metrics does not upgrade' } : methodNotAllowed('GET');
     }
-    const match = PORTFORWARD_PATH.exec(path);
-    if (match === null) {
+    const token = tokenOfPath(path);
+    if (token === undefined) {
       return { status: 404, body: `no such path: ${path} (this server serves /portforward/<token>, /healthz, /metrics)` };
     }
     if (method !== 'GET' && method !== 'POST') return methodNotAllowed('GET, POST');
-    const grant = this.#options.tokens.redeem(match[1] as string);
+    const grant = this.#options.tokens.redeem(token);
     if (grant === undefined) {
       return { status: 404, body: 'unknown, expired or already used port-forward token; ask for a new URL with PortForward' };
     }

@@ -1,17 +1,13 @@
 // The SPDY/3.1 upgrade handshake of Kubernetes' httpstream (PROTOCOL.md section 4).
 
 import type { IncomingMessage } from 'node:http';
+import { headerTokens, upgradesTo } from '../upgrade-headers';
 
 export const PORT_FORWARD_PROTOCOL = 'portforward.k8s.io';
 export const SPDY_UPGRADE = 'SPDY/3.1';
 
-export function headerTokens(req: IncomingMessage, name: string): string[] {
-  const raw = req.headersDistinct[name] ?? [];
-  return raw.flatMap((v) => v.split(',')).map((v) => v.trim()).filter((v) => v !== '');
-}
-
 export function isSpdyUpgrade(req: IncomingMessage): boolean {
-  return headerTokens(req, 'upgrade').some((t) => t.toLowerCase() === SPDY_UPGRADE.toLowerCase());
+  return upgradesTo(req, SPDY_UPGRADE);
 }
 
 export type SpdyHandshake =

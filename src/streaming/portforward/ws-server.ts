@@ -5,7 +5,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { headerTokens } from './spdy-handshake';
+import { headerTokens, upgradesTo } from '../upgrade-headers';
 
 /** kubectl >= 1.31 and crictl --transport websocket: SPDY frames in binary messages. */
 export const SPDY_TUNNEL_PROTOCOL = 'SPDY/3.1+portforward.k8s.io';
@@ -14,7 +14,7 @@ export const SPDY_TUNNEL_PROTOCOL = 'SPDY/3.1+portforward.k8s.io';
 export const MAX_WEBSOCKET_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export function isWebSocketUpgrade(req: IncomingMessage): boolean {
-  return headerTokens(req, 'upgrade').some((t) => t.toLowerCase() === 'websocket');
+  return upgradesTo(req, 'websocket');
 }
 
 /** The subprotocols the client offered, in its order of preference. */

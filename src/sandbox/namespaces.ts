@@ -12,17 +12,8 @@ const run = promisify(execFile);
 
 /** statfs f_type of nsfs (linux/magic.h NSFS_MAGIC). */
 const NSFS_MAGIC = 0x6e736673;
-/** Bit of CAP_SYS_ADMIN in /proc/self/status CapEff. */
-const CAP_SYS_ADMIN = 21n;
 /** Bound on unshare/umount so a wedged mount table cannot hang an RPC forever. */
 const COMMAND_TIMEOUT_MS = 10_000;
-
-/** True when the process may create and mount network namespaces. */
-export async function hasSysAdmin(): Promise<boolean> {
-  const status = await fs.readFile('/proc/self/status', 'utf8');
-  const hex = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
-  return hex !== undefined && ((BigInt(`0x${hex}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
-}
 
 /** Create a new network namespace with lo up, pinned by a bind mount at `path`. */
 export async function createNetns(path: string): Promise<void> {

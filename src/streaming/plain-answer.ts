@@ -1,34 +1,14 @@
-// The one place where internal errors become HTTP statuses, and the writer of plain-text
-// error answers both on a normal response and on a raw socket (upgrade requests).
+// The writer of plain-text answers, on a normal response and on a raw socket (upgrade
+// requests): every refusal of the streaming server says in its body what went wrong.
 
 import { STATUS_CODES, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CriError, errorMessage, type ErrorKind } from '../errors';
-
-const HTTP_STATUS: Record<ErrorKind, number> = {
-  'invalid-argument': 400,
-  'not-found': 404,
-  'already-exists': 409,
-  'failed-precondition': 412,
-  'permission-denied': 403,
-  'resource-exhausted': 429,
-  unavailable: 503,
-  internal: 500,
-};
-
-export function httpStatusFor(err: unknown): number {
-  return err instanceof CriError ? HTTP_STATUS[err.kind] : 500;
-}
 
 /** An answer with a plain-text body: every error we send says what went wrong. */
 export interface PlainAnswer {
   status: number;
   body: string;
   headers?: OutgoingHttpHeaders;
-}
-
-export function answerFromError(err: unknown): PlainAnswer {
-  return { status: httpStatusFor(err), body: errorMessage(err) };
 }
 
 export function sendPlain(res: ServerResponse, answer: PlainAnswer): void {
