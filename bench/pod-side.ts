@@ -4,6 +4,7 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -34,7 +35,7 @@ export async function dialRate(): Promise<number> {
     await Promise.all(
       Array.from({ length: DIALS_IN_FLIGHT }, async () => {
         while (next++ < DIALS) {
-          const socket = await forwarder.open(sandbox.id, app.port);
+          const socket = new Socket({ fd: await forwarder.open(sandbox.id, app.port) });
           socket.destroy();
           await once(socket, 'close');
         }

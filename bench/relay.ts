@@ -14,8 +14,7 @@ const forwarder = new Forwarder({ resolve: async (id) => ({ id, ready: true, net
 const server = createServer({ allowHalfOpen: true }, async (clientSide) => {
   server.close();
   const cpuAtStart = process.cpuUsage();
-  const pipe = new Pipe(clientSide);
-  pipe.start(await forwarder.open('bench', Number(targetPort), pipe.podSocketOptions()));
+  const pipe = new Pipe(clientSide, await forwarder.open('bench', Number(targetPort)));
   const result = await pipe.done;
   const cpu = process.cpuUsage(cpuAtStart);
   process.stdout.write(JSON.stringify({ cpuSeconds: (cpu.user + cpu.system) / 1e6, outcome: result.outcome }) + '\n');

@@ -23,7 +23,7 @@
 // net.Socket). So about 64 KiB for an idle or interactive connection and at most 2.2 MiB
 // for one moving bulk data both ways (test/integration/pod-side.test.ts checks both).
 
-import type { OnReadOpts, Socket, SocketConstructorOpts } from 'node:net';
+import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
@@ -63,9 +63,10 @@ export interface PipeResult {
 }
 
 /** @types/node 20 lacks `onread` on the constructor options, which Node 20 accepts. */
-export type PodSocketOptions = SocketConstructorOpts & { onread?: OnReadOpts; writableHighWaterMark?: number };
+type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number };
 
 export interface PipeOptions {
+  /** Once one direction has ended, how long the other may go on (default 1 s). */
   graceMs?: number;
 }
 
@@ -74,7 +75,8 @@ export class Pipe {
   readonly #graceMs: number;
   #podBuffer = Buffer.allocUnsafe(POD_READ_BUFFER_BYTES);
   #shortReads = 0;
-  #pod: Socket | undefined;
+  /** The pod connection, the pipe's from construction (read-only access for tests). */
+  readonly pod: Socket;
   #clientDone = false;
   #podDone = false;
   #podReadBlocked = false;
@@ -87,34 +89,34 @@ export class Pipe {
   /** Settles once, when the pipe has ended for any reason; never rejects. */
   readonly done: Promise<PipeResult>;
 
-  constructor(client: Duplex, options: PipeOptions = {}) {
+  /**
+   * Start copying between `client` and the connected pod socket `podFd` (from
+   * Forwarder.open). From here on the pipe owns both: it ends or destroys them.
+   */
+  constructor(client: Duplex, podFd: number, options: PipeOptions = {}) {
     this.#client = client;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
-    client.on('error', this.#onClientError);
-  }
-
-  /** Options for the pod socket the pipe will own (pass them to Forwarder.open). */
-  podSocketOptions(): PodSocketOptions {
-    return {
+    const podOptions: PodSocketOptions = {
+      fd: podFd,
+      readable: true,
+      writable: true,
       allowHalfOpen: true,
       writableHighWaterMark: POD_WRITE_HIGH_WATER_MARK,
       onread: { buffer: this.#nextPodBuffer, callback: this.#onPodRead },
     };
-  }
-
-  /** Start copying; the pipe owns both sides from now on. */
-  start(pod: Socket): void {
-    this.#pod = pod;
-    if (this.#result !== undefined) {
-      pod.destroy();
-      return;
-    }
+    const pod = new Socket(podOptions);
+    this.pod = pod;
     pod.on('error', this.#onPodError);
     pod.on('end', this.#onPodEnd);
     pod.on('close', this.#onPodClose);
     pod.on('drain', this.#onPodDrain);
-    const client = this.#client;
+    client.on('error', this.#onClientError);
+    if (client.destroyed) {
+      // The client went away while the pod was being dialled.
+      this.#finish(client.errored ? 'client-error' : 'client-closed', client.errored ?? undefined);
+      return;
+    }
     client.on('data', this.#onClientData);
     client.on('end', this.#onClientEnd);
     client.on('close', this.#onClientClose);
@@ -161,7 +163,7 @@ export class Pipe {
     if (err || !this.#podReadBlocked || this.#result !== undefined) return;
     if (this.#client.writableLength !== 0) return; // an earlier write is still pending
     this.#podReadBlocked = false;
-    this.#pod?.resume();
+    this.pod.resume();
   };
 
   readonly #onPodEnd = (): void => {
@@ -176,15 +178,15 @@ export class Pipe {
     this.#bytesToPod += chunk.length;
     if (!this.#podCorked) {
       this.#podCorked = true;
-      this.#pod!.cork();
+      this.pod.cork();
       setImmediate(this.#uncorkPod);
     }
-    if (!this.#pod!.write(chunk)) this.#client.pause();
+    if (!this.pod.write(chunk)) this.#client.pause();
   };
 
   readonly #uncorkPod = (): void => {
     this.#podCorked = false;
-    this.#pod?.uncork();
+    this.pod.uncork();
   };
 
   readonly #onPodDrain = (): void => {
@@ -194,7 +196,7 @@ export class Pipe {
   readonly #onClientEnd = (): void => {
     if (this.#clientDone) return;
     this.#clientDone = true;
-    this.#pod?.end(); // FIN to the app; its remaining output still flows to the client
+    this.pod.end(); // FIN to the app; its remaining output still flows to the client
     this.#directionEnded();
   };
 
@@ -235,7 +237,7 @@ export class Pipe {
     if (outcome !== 'done') {
       // The side that failed is passed the other's error, so a protocol layer can tell a
       // reset (pod-error: the client stream is destroyed with the pod's error) from a close.
-      this.#pod?.destroy();
+      this.pod.destroy();
       if (outcome === 'pod-error') this.#client.destroy(error);
       else this.#client.destroy();
     }

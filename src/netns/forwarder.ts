@@ -1,12 +1,12 @@
-// Forwarder.open(sandboxId, port): the only place that turns "a port of a sandbox" into a
-// connected socket. It resolves the sandbox, lets the native addon dial localhost inside
-// the sandbox's network namespace (127.0.0.1 first, then ::1, as containerd does), and
-// wraps the fd in a net.Socket. Streaming code never sees a namespace.
+// Forwarder: the only place that turns "a port of a sandbox" into a connected socket. It
+// resolves the sandbox and lets the native addon dial localhost inside the sandbox's
+// network namespace (127.0.0.1 first, then ::1, as containerd does). It hands back the fd,
+// not a net.Socket: the pipe that will own the socket creates it with its own read buffer
+// (`onread` can only be given at construction). Streaming code never sees a namespace.
 
-import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { getSystemErrorMap } from 'node:util';
-import { CriError } from '../errors';
-import type { SandboxResolver } from '../sandbox/types';
+import { errorMessage } from '../errors';
+import type { ResolvedSandbox, SandboxResolver } from '../sandbox/types';
 import { addon, type RawDialResult } from './addon';
 
 /** How long one dial (both families together) may take before it fails as a timeout. */
@@ -15,12 +15,12 @@ export const DEFAULT_DIAL_TIMEOUT_MS = 5_000;
 export type DialFailure = 'sandbox-gone' | 'netns-closed' | 'refused' | 'timeout';
 
 /** A dial that failed, with the text upstream would write on the error stream. */
-export class DialError extends CriError {
+export class DialError extends Error {
   constructor(
     readonly failure: DialFailure,
     message: string,
   ) {
-    super(failure === 'refused' || failure === 'timeout' ? 'unavailable' : 'not-found', message);
+    super(message);
     this.name = 'DialError';
   }
 }
@@ -39,19 +39,34 @@ export class Forwarder {
   }
 
   /**
-   * A socket connected to localhost:port inside the sandbox. `socketOptions` lets the
-   * caller (the pipe) set onread and allowHalfOpen on the socket it will own.
+   * The fd of a TCP socket connected to localhost:port inside the sandbox. The caller owns
+   * it: the pipe wraps it in the net.Socket it reads and writes (Pipe), or closes it.
    */
-  async open(sandboxId: string, port: number, socketOptions: SocketConstructorOpts & { onread?: OnReadOpts; writableHighWaterMark?: number } = {}): Promise<Socket> {
-    const sandbox = await this.#resolver.resolve(sandboxId);
+  async open(sandboxId: string, port: number): Promise<number> {
+    return this.dial(await this.resolve(sandboxId), port);
+  }
+
+  /** The sandbox a forward dials into; a sandbox gone or stopped is a DialError. */
+  async resolve(sandboxId: string): Promise<ResolvedSandbox> {
+    let sandbox: ResolvedSandbox | undefined;
+    try {
+      sandbox = await this.#resolver.resolve(sandboxId);
+    } catch (err) {
+      // The runtime did not answer (proxy mode, upstream down): this connection fails, as a
+      // refused dial would; the next one asks again.
+      throw new DialError('refused', `dial failed: ${errorMessage(err)}`);
+    }
     if (sandbox === undefined || !sandbox.ready) {
       // The sandbox went away (or stopped) after its URL was issued.
       throw new DialError('sandbox-gone', `network namespace for sandbox "${sandboxId}" is closed`);
     }
+    return sandbox;
+  }
+
+  /** Dial localhost:port in the sandbox's namespace (127.0.0.1, then ::1); the fd is the caller's. */
+  async dial(sandbox: ResolvedSandbox, port: number): Promise<number> {
     const result = await addon.dialInNetns(sandbox.netnsPath, port, this.#dialTimeoutMs);
-    if (result.fd >= 0) {
-      return new Socket({ ...socketOptions, fd: result.fd, readable: true, writable: true });
-    }
+    if (result.fd >= 0) return result.fd;
     if (result.nsStage !== undefined) {
       throw new DialError(
         'netns-closed',

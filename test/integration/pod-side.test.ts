@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync, rmSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
+import { createServer, Socket } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
@@ -178,7 +178,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     await Promise.all(
       Array.from({ length: 8 }, async () => {
         while (next++ < 10_000) {
-          const socket = await forwarder.open(sandboxId, echo.port);
+          const socket = new Socket({ fd: await forwarder.open(sandboxId, echo.port) });
           socket.destroy();
           await once(socket, 'close');
         }

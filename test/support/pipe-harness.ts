@@ -39,11 +39,10 @@ export class PipeHarness {
     this.#clients.add(client);
     client.once('close', () => this.#clients.delete(client));
     const clientSide = await accepted;
-    const pipe = new Pipe(clientSide, graceMs === undefined ? {} : { graceMs });
     try {
-      const pod = await forwarder.open(sandboxId, port, pipe.podSocketOptions());
-      pipe.start(pod);
-      return { client, clientSide, pod, result: pipe.done };
+      const podFd = await forwarder.open(sandboxId, port);
+      const pipe = new Pipe(clientSide, podFd, graceMs === undefined ? {} : { graceMs });
+      return { client, clientSide, pod: pipe.pod, result: pipe.done };
     } catch (err) {
       client.destroy();
       clientSide.destroy();

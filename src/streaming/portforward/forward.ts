@@ -1,12 +1,16 @@
-// One forwarded connection, whatever the protocol: dial the pod (Forwarder) and pipe the
-// client-side duplex to it. Every protocol front end goes through here, so metrics, logs
-// and the error policy's inputs are the same for SPDY and WebSocket.
+// One forwarded connection, whatever the protocol, top to bottom: is the port open to this
+// grant, resolve the sandbox, dial inside its namespace, pipe the client side to the pod
+// until both directions end. Every protocol front end comes through here, so the error
+// policy, metrics and logs are the same for SPDY and WebSocket; the front end only carries
+// the verdict out.
 
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
-import { Pipe, type PipeResult } from '../../pipe';
+import { Pipe } from '../../pipe';
+import type { PortForwardGrant } from '../tokens';
+import { PIPED, verdictFor, type ForwardVerdict, type RefusedDialPolicy } from './verdict';
 
 /** What every protocol front end needs to forward connections. */
 export interface ForwardDeps {
@@ -23,48 +27,50 @@ export interface ForwardDeps {
   pingIntervalMs: number;
 }
 
-export type RefusedDialPolicy = 'reset' | 'error';
-
-export type ForwardResult =
-  | { kind: 'piped'; pipe: PipeResult }
-  | { kind: 'dial-failed'; error: DialError }
-  | { kind: 'aborted' };
-
 export interface ForwardRequest {
-  sandboxId: string;
+  grant: PortForwardGrant;
   port: number;
+  /** The client side of this connection: a SPDY data stream or a WebSocket data channel. */
   client: Duplex;
   /** Label for logs and metrics, e.g. "spdy". */
   protocol: string;
-  /** The session ended before the dial completed. */
+  /** The session ended while the pod was being dialled: nothing is piped. */
   isAborted(): boolean;
 }
 
-export async function forwardConnection(deps: ForwardDeps, request: ForwardRequest): Promise<ForwardResult> {
-  const { sandboxId, port, client } = request;
+export async function forwardConnection(deps: ForwardDeps, request: ForwardRequest): Promise<ForwardVerdict> {
+  const { grant, port, client } = request;
+  const sandboxId = grant.sandboxId;
   const started = Date.now();
   const log = deps.log.child({ sandboxId, port, protocol: request.protocol });
   deps.metrics.forwardsTotal.inc();
-  const pipe = new Pipe(client, { graceMs: deps.halfCloseGraceMs });
-  let pod;
+
+  // Upstream forwards any port; a token whose request named ports forwards only those.
+  if (grant.ports.length > 0 && !grant.ports.includes(port)) {
+    const message = `port ${port} is not among the ports of this port-forward request (${grant.ports.join(', ')})`;
+    deps.metrics.dialErrors.inc({ reason: 'port-not-allowed' });
+    log.warn('forward refused: port not in the request', { ports: grant.ports });
+    return verdictFor('port-not-allowed', deps.refusedDial, { port, sandboxId, message });
+  }
+
+  let podFd: number;
   try {
-    pod = await deps.forwarder.open(sandboxId, port, pipe.podSocketOptions());
+    podFd = await deps.forwarder.open(sandboxId, port);
   } catch (err) {
-    const error =
-      err instanceof DialError ? err : new DialError('refused', `dial failed: ${(err as Error).message ?? String(err)}`);
+    const error = err instanceof DialError ? err : new DialError('refused', `dial failed: ${String(err)}`);
     deps.metrics.dialErrors.inc({ reason: error.failure });
     log.warn('forward failed: dial', { reason: error.failure, err: error.message });
-    pipe.close();
-    return { kind: 'dial-failed', error };
+    return verdictFor(error.failure, deps.refusedDial, { port, sandboxId, message: error.message });
   }
+
+  // The pipe owns the pod socket from here, even when it only has to close it.
+  const pipe = new Pipe(client, podFd, { graceMs: deps.halfCloseGraceMs });
   if (request.isAborted()) {
     pipe.close();
-    pod.destroy();
-    return { kind: 'aborted' };
+    return PIPED;
   }
   deps.metrics.forwardsActive.inc();
   log.info('forward started');
-  pipe.start(pod);
   const result = await pipe.done;
   deps.metrics.forwardsActive.dec();
   deps.metrics.forwardedBytes.inc({ direction: 'to_pod' }, result.bytesToPod);
@@ -76,10 +82,6 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
     durationMs: Date.now() - started,
     ...(result.error ? { err: result.error.message } : {}),
   });
-  return { kind: 'piped', pipe: result };
-}
-
-/** Upstream's error-stream text: "error forwarding port %d to pod %s, uid %v: %v". */
-export function forwardErrorText(port: number, sandboxId: string, message: string): string {
-  return `error forwarding port ${port} to pod ${sandboxId}, uid : ${message}`;
+  // The pipe already ended or reset the client side as the pod side ended.
+  return PIPED;
 }

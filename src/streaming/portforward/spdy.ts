@@ -4,10 +4,8 @@
 // complete pair goes to the pod side; an incomplete one is dropped after
 // --stream-creation-timeout (30 s, as upstream).
 //
-// Error policy (README "Errors"): the user must hear about a sandbox that is gone, so its
-// text goes on the error stream and the session ends (kubectl exits non-zero). Per-
-// connection trouble (nothing listening, by default; the app resets; the client drops)
-// resets only that data stream, so the kubectl session lives on.
+// The error policy is not decided here: forwardConnection returns a verdict (verdict.ts)
+// and this file only carries it out on the pair's two streams.
 
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -15,14 +13,12 @@ import type { Socket } from 'node:net';
 import { GoAwayStatus, RstCode } from '../spdy/constants';
 import { SpdySession } from '../spdy/session';
 import type { SpdyStream } from '../spdy/stream';
-import { sendPlainOnSocket } from '../http-status';
+import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
-import { forwardConnection, forwardErrorText, type ForwardDeps } from './forward';
+import { forwardConnection, type ForwardDeps } from './forward';
+import { END_SESSION_LINGER_MS } from './verdict';
 import { isSpdyUpgrade, spdyHandshake } from './spdy-handshake';
-
-/** After a fatal error text, how long kubectl gets to read it before we end the session. */
-const FATAL_ERROR_LINGER_MS = 1_000;
 
 interface Pair {
   requestId: string;
@@ -102,42 +98,19 @@ export class SpdyPortForwardSession {
   }
 
   async #forward(errorStream: SpdyStream, dataStream: SpdyStream, port: number): Promise<void> {
-    const { sandboxId, ports } = this.#grant;
-    if (ports.length > 0 && !ports.includes(port)) {
-      this.#deps.metrics.dialErrors.inc({ reason: 'port-not-allowed' });
-      this.#reportError(errorStream, dataStream, port, `port ${port} is not among the ports of this port-forward request (${ports.join(', ')})`);
-      return;
-    }
-    const result = await forwardConnection(this.#deps, {
-      sandboxId,
+    const verdict = await forwardConnection(this.#deps, {
+      grant: this.#grant,
       port,
       client: dataStream,
       protocol: this.#protocol,
       isAborted: () => this.#session.isEnded,
     });
-    if (result.kind === 'dial-failed') {
-      const { error } = result;
-      if (error.failure === 'sandbox-gone' || error.failure === 'netns-closed') {
-        this.#reportError(errorStream, dataStream, port, error.message);
-        setTimeout(() => this.#session.close(GoAwayStatus.Ok), FATAL_ERROR_LINGER_MS).unref();
-      } else if (this.#deps.refusedDial === 'error') {
-        this.#reportError(errorStream, dataStream, port, error.message);
-      } else {
-        // Policy "reset": only this connection fails; kubectl keeps the session and the
-        // next connection works once the app listens (kubectl#1169).
-        this.#session.reset(dataStream, RstCode.Cancel, error.message);
-        errorStream.end();
-      }
-      return;
-    }
-    // The pipe already ended or reset the data stream; close our half of the error stream.
-    if (!errorStream.destroyed) errorStream.end();
-  }
-
-  /** Upstream's text on the error stream, then FIN it and reset the data stream. */
-  #reportError(errorStream: SpdyStream, dataStream: SpdyStream, port: number, message: string): void {
-    if (!errorStream.destroyed) errorStream.end(forwardErrorText(port, this.#grant.sandboxId, message));
-    this.#session.reset(dataStream, RstCode.Cancel, message);
+    // The text (if any) goes out before the data stream's reset, so kubectl has it when the
+    // data stream fails; our half of the error stream ends either way.
+    if (verdict.errorText !== undefined && !errorStream.destroyed) errorStream.end(verdict.errorText);
+    if (verdict.resetData) this.#session.reset(dataStream, RstCode.Cancel, verdict.errorText ?? 'forward failed');
+    if (!errorStream.destroyed && !errorStream.writableEnded) errorStream.end();
+    if (verdict.endSession) setTimeout(() => this.#session.close(GoAwayStatus.Ok), END_SESSION_LINGER_MS).unref();
   }
 
   #onPairTimeout(requestId: string): void {

@@ -1,45 +1,54 @@
-// Port-forward over WebSocket channels (PROTOCOL.md section 5): subprotocols
-// v4.channel.k8s.io (binary), v4.base64.channel.k8s.io (text: ASCII channel digit, then
-// base64) and none (binary). For port index i, channel 2i carries data and 2i+1 errors;
-// the first message on each is the port, 2 bytes little-endian. One pod connection per
-// port; the WebSocket closes (1000) once every port's forward has ended.
+// Port-forward over WebSocket channels (PROTOCOL.md section 5): the handshake and the
+// session's lifecycle. The framing of channels is channel-codec.ts. One pod connection per
+// port of the grant; the WebSocket closes (1000) once every port's forward has ended.
 
 import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
-import { sendPlainOnSocket } from '../http-status';
+import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
-import { forwardConnection, forwardErrorText, type ForwardDeps } from './forward';
+import {
+  CHANNEL_SUBPROTOCOLS,
+  ChannelDecoder,
+  CLOSE_NORMAL,
+  encodingOf,
+  portPrefix,
+  sendOnChannel,
+  V4_BASE64,
+  V4_BINARY,
+  type ChannelEncoding,
+} from './channel-codec';
+import { forwardConnection, type ForwardDeps } from './forward';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
-export const V4_BINARY = 'v4.channel.k8s.io';
-export const V4_BASE64 = 'v4.base64.channel.k8s.io';
-const SUPPORTED = ['', V4_BINARY, V4_BASE64];
+/** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
+const CHANNEL_RECEIVE_BUFFER_BYTES = 1024 * 1024;
+/** After our close frame, how long the client gets to answer before the socket is destroyed. */
+const CLOSE_LINGER_MS = 1_000;
 
-/** Close codes (RFC 6455). */
-const CLOSE_NORMAL = 1000;
-const CLOSE_INVALID_DATA = 1007;
-const CLOSE_POLICY = 1008;
-
-type Encoding = 'binary' | 'base64';
-
-/** Standard base64 with padding, as Go's base64.StdEncoding writes and reads it. */
-const STANDARD_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/** What a channel asks of its session. */
+interface ChannelOwner {
+  /** The channel's reader wants more: the session may read the WebSocket again. */
+  channelWantsData(channel: ChannelStream): void;
+  /** The channel is gone: it holds nothing back any more. */
+  channelDestroyed(channel: ChannelStream): void;
+}
 
 /** One channel of a WebSocket as a Duplex: writes become messages prefixed by the channel. */
 class ChannelStream extends Duplex {
   constructor(
     private readonly socket: WebSocket,
     private readonly channel: number,
-    private readonly encoding: Encoding,
+    private readonly encoding: ChannelEncoding,
+    private readonly owner: ChannelOwner,
   ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: 1024 * 1024 });
+    super({ allowHalfOpen: true, readableHighWaterMark: CHANNEL_RECEIVE_BUFFER_BYTES });
   }
 
   override _read(): void {
-    if (this.socket.isPaused) this.socket.resume();
+    this.owner.channelWantsData(this);
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, callback: (err?: Error | null) => void): void {
@@ -50,36 +59,11 @@ class ChannelStream extends Duplex {
   override _final(callback: (err?: Error | null) => void): void {
     callback();
   }
-}
 
-const CHANNEL_PREFIX: Buffer[] = Array.from({ length: 256 }, (_, i) => Buffer.from([i]));
-
-function sendOnChannel(
-  socket: WebSocket,
-  channel: number,
-  encoding: Encoding,
-  payload: Buffer,
-  callback?: (err?: Error | null) => void,
-): void {
-  if (socket.readyState !== socket.OPEN) {
-    // The client is gone: what the pod still sends has nowhere to go. Dropping it (rather
-    // than failing the write) lets the client's last bytes still reach the pod.
-    callback?.();
-    return;
+  override _destroy(err: Error | null, callback: (err: Error | null) => void): void {
+    this.owner.channelDestroyed(this);
+    callback(err);
   }
-  if (encoding === 'base64') {
-    socket.send(String.fromCharCode(48 + channel) + payload.toString('base64'), { binary: false }, callback);
-    return;
-  }
-  // The channel byte and the payload as two fragments of one message: no copy of the payload.
-  socket.send(CHANNEL_PREFIX[channel]!, { binary: true, fin: false });
-  socket.send(payload, { binary: true, fin: true }, callback);
-}
-
-function portPrefix(port: number): Buffer {
-  const b = Buffer.allocUnsafe(2);
-  b.writeUInt16LE(port, 0);
-  return b;
 }
 
 export class WebSocketPortForwardProtocol implements PortForwardProtocol {
@@ -93,7 +77,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
 
   serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
     const offered = offeredSubprotocols(req);
-    const protocol = offered.length === 0 ? '' : offered.find((p) => SUPPORTED.includes(p));
+    const protocol = offered.length === 0 ? '' : offered.find((p) => CHANNEL_SUBPROTOCOLS.includes(p));
     if (protocol === undefined) {
       this.#refuse(socket, 'unsupported-subprotocol', `requested WebSocket subprotocols ${JSON.stringify(offered)} are not supported; supported: ${V4_BINARY}, ${V4_BASE64} or none`);
       return;
@@ -103,7 +87,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
       return;
     }
     void acceptWebSocket(req, socket, head, protocol).then((ws) =>
-      new ChannelSession(ws, grant, protocol === V4_BASE64 ? 'base64' : 'binary', this.deps).start(),
+      new ChannelSession(ws, grant, encodingOf(protocol), this.deps).start(),
     );
   }
 
@@ -114,9 +98,12 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
 }
 
 /** One WebSocket: a data and an error channel per port of the grant. */
-class ChannelSession {
+class ChannelSession implements ChannelOwner {
   readonly #data: ChannelStream[] = [];
   readonly #errors: ChannelStream[] = [];
+  readonly #decoder: ChannelDecoder;
+  /** Data channels over their bound; while any is here the WebSocket is not read. */
+  readonly #stalled = new Set<ChannelStream>();
   #closed = false;
   /** Metrics and streams released (once, whoever closed first). */
   #released = false;
@@ -125,9 +112,10 @@ class ChannelSession {
   constructor(
     private readonly ws: WebSocket,
     private readonly grant: PortForwardGrant,
-    private readonly encoding: Encoding,
+    private readonly encoding: ChannelEncoding,
     private readonly deps: ForwardDeps,
   ) {
+    this.#decoder = new ChannelDecoder(encoding, grant.ports.length);
     this.#stopKeepAlive = keepAlive(ws, deps.pingIntervalMs, deps.idleTimeoutMs, () =>
       this.#close(CLOSE_NORMAL, 'idle timeout'),
     );
@@ -141,8 +129,8 @@ class ChannelSession {
     ws.on('error', (err) => deps.log.debug('WebSocket error', { err }));
     ws.on('close', () => this.#onClose());
     const forwards = grant.ports.map((port, i) => {
-      const data = new ChannelStream(ws, 2 * i, this.encoding);
-      const error = new ChannelStream(ws, 2 * i + 1, this.encoding);
+      const data = new ChannelStream(ws, 2 * i, this.encoding, this);
+      const error = new ChannelStream(ws, 2 * i + 1, this.encoding, this);
       error.on('error', () => undefined);
       this.#data.push(data);
       this.#errors.push(error);
@@ -154,47 +142,43 @@ class ChannelSession {
   }
 
   async #forward(port: number, data: ChannelStream, error: ChannelStream): Promise<void> {
-    const result = await forwardConnection(this.deps, {
-      sandboxId: this.grant.sandboxId,
+    const verdict = await forwardConnection(this.deps, {
+      grant: this.grant,
       port,
       client: data,
       protocol: 'websocket',
       isAborted: () => this.#closed,
     });
-    if (result.kind === 'dial-failed') {
-      const failure = result.error.failure;
-      const quiet = (failure === 'refused' || failure === 'timeout') && this.deps.refusedDial === 'reset';
-      // "reset": that connection just ends, no text (as over SPDY).
-      if (!quiet && !error.destroyed) error.write(Buffer.from(forwardErrorText(port, this.grant.sandboxId, result.error.message)));
-    }
-    // Everything queued on both channels goes out before the WebSocket closes.
+    if (verdict.errorText !== undefined && !error.destroyed) error.write(Buffer.from(verdict.errorText));
+    // v4 has no per-channel reset or close (verdict.resetData): both channels just end, and
+    // everything queued on them goes out before the WebSocket closes.
     if (!data.destroyed) data.end();
     if (!error.destroyed) error.end();
     const flushed = (s: Duplex): Promise<void> => finished(s, { readable: false }).catch(() => undefined);
     await Promise.all([flushed(data), flushed(error)]);
+    if (verdict.endSession) this.#close(CLOSE_NORMAL, '');
   }
 
   #onMessage(message: Buffer, isBinary: boolean): void {
-    let channel: number;
-    let payload: Buffer;
-    if (this.encoding === 'base64') {
-      if (isBinary) return this.#close(CLOSE_INVALID_DATA, 'binary message on a base64 channel connection');
-      channel = message.length > 0 ? message[0]! - 48 : -1;
-      const text = message.toString('latin1', 1);
-      if (!STANDARD_BASE64.test(text)) return this.#close(CLOSE_INVALID_DATA, 'invalid base64 payload');
-      payload = Buffer.from(text, 'base64');
-    } else {
-      if (!isBinary) return this.#close(CLOSE_INVALID_DATA, 'text message on a binary channel connection');
-      channel = message.length > 0 ? message[0]! : -1;
-      payload = message.subarray(1);
-    }
-    if (!(channel >= 0 && channel < 2 * this.grant.ports.length)) {
-      return this.#close(CLOSE_POLICY, `unknown channel ${channel}`);
-    }
-    if (channel % 2 === 1) return this.#close(CLOSE_POLICY, `channel ${channel} is an error channel: clients must not write to it`);
-    const stream = this.#data[channel / 2]!;
+    const index = this.#decoder.decode(message, isBinary);
+    if (index < 0) return this.#close(this.#decoder.closeCode, this.#decoder.reason);
+    const payload = this.#decoder.payload;
+    const stream = this.#data[index]!;
     if (payload.length === 0 || stream.destroyed) return;
-    if (!stream.push(payload) && stream.readableLength >= stream.readableHighWaterMark) this.ws.pause();
+    if (!stream.push(payload) && stream.readableLength >= stream.readableHighWaterMark) {
+      if (this.#stalled.size === 0) this.ws.pause();
+      this.#stalled.add(stream);
+    }
+  }
+
+  // The WebSocket is read again only when no channel is over its bound any more: reading it
+  // for one channel would grow another's buffer without limit.
+  channelWantsData(channel: ChannelStream): void {
+    if (this.#stalled.delete(channel) && this.#stalled.size === 0 && this.ws.isPaused) this.ws.resume();
+  }
+
+  channelDestroyed(channel: ChannelStream): void {
+    this.channelWantsData(channel);
   }
 
   #close(code: number, reason: string): void {
@@ -210,11 +194,12 @@ class ChannelSession {
     if (this.#released) return;
     this.#released = true;
     this.#closed = true;
+    this.#stalled.clear();
     this.deps.metrics.sessionsActive.dec({ protocol: 'websocket' });
     // A client close is the end of what the client sends (v4 has no other way to say it,
     // and upstream reads it as EOF): the pod gets everything already received, then FIN.
     for (const stream of this.#data) if (!stream.destroyed) stream.push(null);
     for (const stream of this.#errors) stream.destroy();
-    setTimeout(() => this.ws.terminate(), 1_000).unref();
+    setTimeout(() => this.ws.terminate(), CLOSE_LINGER_MS).unref();
   }
 }
