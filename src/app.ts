@@ -1,5 +1,6 @@
 // Wires one server together: sandbox store -> tokens -> streaming server -> CRI server.
 
+import { hasSysAdmin } from './capabilities';
 import type { Config } from './config';
 import { issuePortForward } from './cri/portforward';
 import { CriProxyServer } from './cri/proxy';
@@ -24,6 +25,7 @@ export interface RunningServer {
 }
 
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  await warnWithoutSysAdmin(config, log);
   const metrics = createMetrics();
   // Embedded mode: our own namespaces. Proxy mode: the upstream runtime's sandboxes.
   const store = config.upstream === undefined ? await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' })) : undefined;
@@ -82,4 +84,14 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       resolver.close?.();
     },
   };
+}
+
+/** Said once at start, so an operator does not learn it from the first failed forward. */
+async function warnWithoutSysAdmin(config: Config, log: Logger): Promise<void> {
+  if (await hasSysAdmin()) return;
+  const what =
+    config.upstream === undefined
+      ? 'RunPodSandbox cannot create sandboxes with their own network namespace (PERMISSION_DENIED), and forwards into pod namespaces fail'
+      : 'forwards into pod network namespaces fail';
+  log.warn(`running without CAP_SYS_ADMIN: ${what}; host-network sandboxes still work. Run as root for namespaced sandboxes.`);
 }

@@ -10,6 +10,28 @@ import { PACKAGE_VERSION } from './package-info';
 /** SIGTERM/SIGINT must end the process within 5 s even if a close hangs. */
 const SHUTDOWN_DEADLINE_MS = 4_500;
 
+/** Help text is wrapped to fit an 80-column terminal. */
+const HELP_WIDTH = 80;
+const HELP_INDENT = '      ';
+
+/** Words of `text` in lines of at most HELP_WIDTH, each indented under its flag. */
+function wrapHelp(text: string): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line !== '' && HELP_INDENT.length + line.length + 1 + word.length > HELP_WIDTH) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line === '' ? word : `${line} ${word}`;
+    }
+  }
+  lines.push(line);
+  return lines.map((l) => HELP_INDENT + l).join('\n');
+}
+
+// Each flag on a line of its own with its default, its text below: no column for a long
+// flag to run into.
 const USAGE = `Usage: cri-portforward serve [flags]
        cri-portforward --version
 
@@ -18,11 +40,11 @@ streaming server, forwarding into real network namespaces.
 
 Flags of serve:
 ${SERVE_FLAGS.map((f) => {
-  const left = `  --${f.name} ${f.value}`;
-  const def = f.default === undefined ? '' : ` (default ${f.default})`;
-  return `${left.padEnd(32)}${f.help}${def}`;
+  const def = f.default === undefined ? '' : `  (default ${f.default})`;
+  return `  --${f.name} ${f.value}${def}\n${wrapHelp(f.help)}`;
 }).join('\n')}
-  --help                          show this text
+  --help
+${wrapHelp('show this text')}
 `;
 
 function usageError(message: string): never {

@@ -59,6 +59,7 @@ describe('cli', () => {
       assert.equal(ready.length, 1);
       assert.match(String(ready[0]!.criSocket), /^unix:\/\/\//);
       assert.match(String(ready[0]!.streamBaseUrl), /^http:\/\/127\.0\.0\.1:\d+$/);
+      if (process.getuid?.() === 0) assert.ok(!server.logs.some((l) => /CAP_SYS_ADMIN/.test(String(l.msg))), 'root has CAP_SYS_ADMIN: no warning');
       assert.ok(existsSync(server.criSocket));
       const started = Date.now();
       server.proc.kill(signal);
@@ -93,11 +94,14 @@ describe('cli', () => {
     assert.equal(await server.stop(), 0);
   });
 
-  it('refuses RunPodSandbox with PERMISSION_DENIED when not root', { skip: rootSkipReason() }, async () => {
+  it('says once at start what will not work without CAP_SYS_ADMIN, then refuses RunPodSandbox with PERMISSION_DENIED', { skip: rootSkipReason() }, async () => {
     const dir = tempDir();
     chownSync(dir, 65534, 65534);
     chmodSync(dir, 0o755);
     const server = await startServer({ dir, spawn: { uid: 65534, gid: 65534 } });
+    const warnings = server.logs.filter((l) => l.level === 'warn' && /CAP_SYS_ADMIN/.test(String(l.msg)));
+    assert.equal(warnings.length, 1, JSON.stringify(server.logs));
+    assert.match(String(warnings[0]!.msg), /RunPodSandbox .* forwards into pod namespaces fail/);
     const cri = criClient(server.criAddress);
     const err = await grpcError(cri.call('RunPodSandbox', { config: podConfig('nonroot') }));
     assert.equal(err.code, status.PERMISSION_DENIED);
