@@ -9,6 +9,9 @@
 // - an error on either side (ECONNRESET, EPIPE, a destroyed stream) ends only this pipe:
 //   the other side is destroyed with that error, so the protocol layer can reset its stream.
 //
+// The pipe owns the pod socket from birth: it is made from the dialled fd in the
+// constructor, because `onread` (below) can only be given when a socket is created.
+//
 // Hot path: the pod socket reads into a buffer owned by the pipe (net.Socket `onread`),
 // so pod -> client costs no allocation but the view Node needs for each write. The buffer
 // is reused only once the client has taken the previous chunk: while a write is pending
