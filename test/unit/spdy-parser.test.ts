@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { before, describe, it } from 'node:test';
-import { SessionError } from '../../src/streaming/spdy/errors';
-import { FrameParser } from '../../src/streaming/spdy/parser';
+import { ProtocolError } from '../../src/streaming/spdy/errors';
+import { FrameParser, PARSER_HIGH_WATER_MARK, type FrameSink } from '../../src/streaming/spdy/parser';
 import {
   FIN,
   PeerDeflater,
@@ -27,10 +28,27 @@ import {
   type ParserEvent,
 } from '../support/spdy-frames';
 
+/**
+ * A parser driven synchronously: write() runs _write at once when nothing is queued, and
+ * a violation shows as the Writable's `errored` (its 'error' event comes a tick later).
+ */
+function newParser(sink: FrameSink): FrameParser {
+  const parser = new FrameParser(sink);
+  parser.on('error', () => undefined);
+  return parser;
+}
+
+/** Write one chunk; throw the violation it caused, if any. */
+function push(parser: FrameParser, chunk: Buffer): void {
+  const before = parser.errored;
+  parser.write(chunk);
+  if (parser.errored !== before && parser.errored !== null) throw parser.errored;
+}
+
 function parse(...chunks: Buffer[]): ParserEvent[] {
   const sink = new RecordingSink();
-  const parser = new FrameParser(sink);
-  for (const c of chunks) parser.push(c);
+  const parser = newParser(sink);
+  for (const c of chunks) push(parser, c);
   return sink.events;
 }
 
@@ -43,7 +61,7 @@ function own(bytes: Buffer): Buffer {
 
 function isSessionError(pattern: RegExp) {
   return (err: unknown): boolean => {
-    assert.ok(err instanceof SessionError, `expected a SessionError, got ${String(err)}`);
+    assert.ok(err instanceof ProtocolError && err.scope.kind === 'session', `expected a session error, got ${String(err)}`);
     assert.match(err.message, pattern);
     return true;
   };
@@ -211,18 +229,18 @@ describe('FrameParser', () => {
 
   it('skips a 16 MiB unknown control frame without buffering it', () => {
     const sink = new RecordingSink();
-    const parser = new FrameParser(sink);
+    const parser = newParser(sink);
     const length = 0xffffff;
-    parser.push(controlFrameHeader(0x1234, 0, length));
+    push(parser, controlFrameHeader(0x1234, 0, length));
     const piece = Buffer.alloc(64 * 1024);
     let sent = 0;
     while (sent < length) {
       const n = Math.min(piece.length, length - sent);
-      parser.push(piece.subarray(0, n));
+      push(parser, piece.subarray(0, n));
       sent += n;
       assert.equal(parser.buffered, 0);
     }
-    parser.push(pingFrame(1));
+    push(parser, pingFrame(1));
     assert.equal(sink.events.length, 1);
     assert.ok(sink.events[0]!.kind === 'control' && sink.events[0]!.type === T.Ping);
   });
@@ -237,10 +255,10 @@ describe('FrameParser', () => {
 
   it('after a violation the parser hands out nothing more', () => {
     const sink = new RecordingSink();
-    const parser = new FrameParser(sink);
-    assert.throws(() => parser.push(Buffer.concat([pingFrame(1), badVersionFrame(2), pingFrame(3)])), SessionError);
+    const parser = newParser(sink);
+    assert.throws(() => push(parser, Buffer.concat([pingFrame(1), badVersionFrame(2), pingFrame(3)])), ProtocolError);
     assert.equal(sink.events.length, 1);
-    parser.push(pingFrame(5));
+    push(parser, pingFrame(5));
     assert.equal(sink.events.length, 1);
   });
 
@@ -257,9 +275,9 @@ describe('FrameParser', () => {
     ];
     for (const [type, length] of cases) {
       const sink = new RecordingSink();
-      const parser = new FrameParser(sink);
+      const parser = newParser(sink);
       assert.throws(
-        () => parser.push(controlFrameHeader(type, 0, length)),
+        () => push(parser, controlFrameHeader(type, 0, length)),
         isSessionError(new RegExp(`type ${type} of ${length} bytes exceeds the limit`)),
       );
       assert.equal(sink.events.length, 0);
@@ -269,8 +287,8 @@ describe('FrameParser', () => {
       [T.Ping, 1024],
       [T.SynStream, 64 * 1024 + 10],
     ] as const) {
-      const parser = new FrameParser(new RecordingSink());
-      parser.push(controlFrameHeader(type, 0, length));
+      const parser = newParser(new RecordingSink());
+      push(parser, controlFrameHeader(type, 0, length));
       assert.equal(parser.buffered, 0);
     }
   });
@@ -282,9 +300,9 @@ describe('FrameParser', () => {
 
   it('streams a DATA frame of 2^24-1 bytes in pieces, never buffering it whole', () => {
     const sink = new RecordingSink();
-    const parser = new FrameParser(sink);
+    const parser = newParser(sink);
     const length = 0xffffff;
-    parser.push(dataFrameHeader(0x7fffffff, length, FIN));
+    push(parser, dataFrameHeader(0x7fffffff, length, FIN));
     assert.equal(sink.events.length, 0);
     const piece = Buffer.alloc(100_000, 0x61);
     let sent = 0;
@@ -292,7 +310,7 @@ describe('FrameParser', () => {
     while (sent < length) {
       const n = Math.min(piece.length, length - sent);
       const chunk = piece.subarray(0, n);
-      parser.push(chunk);
+      push(parser, chunk);
       sent += n;
       assert.equal(parser.buffered, 0, 'nothing held back');
       const e = sink.events.at(-1)!;
@@ -306,15 +324,15 @@ describe('FrameParser', () => {
     assert.equal(received, length);
     assert.equal(sink.events.length, Math.ceil(length / piece.length));
     // the next frame header sharing the last chunk is parsed
-    parser.push(pingFrame(9));
+    push(parser, pingFrame(9));
     assert.ok(sink.events.at(-1)!.kind === 'control');
   });
 
   it('queues bytes while paused and parses them on resume', () => {
     const sink = new RecordingSink();
-    const parser = new FrameParser(sink);
+    const parser = newParser(sink);
     parser.pause();
-    parser.push(Buffer.concat([pingFrame(1), dataFrame(1, 'abc')]));
+    push(parser, Buffer.concat([pingFrame(1), dataFrame(1, 'abc')]));
     assert.equal(sink.events.length, 0);
     assert.equal(parser.buffered, 12 + 11);
     parser.resume();
@@ -331,11 +349,64 @@ describe('FrameParser', () => {
         parser.pause();
       },
     });
-    parser.push(Buffer.concat([pingFrame(1), dataFrame(1, 'x'), pingFrame(3), dataFrame(1, 'y')]));
+    push(parser, Buffer.concat([pingFrame(1), dataFrame(1, 'x'), pingFrame(3), dataFrame(1, 'y')]));
     assert.deepEqual(events, ['control']);
     parser.resume();
     assert.deepEqual(events, ['control', 'data', 'control']);
     parser.resume();
     assert.deepEqual(events, ['control', 'data', 'control', 'data']);
+  });
+
+  it('holds the write callback while paused: write() says false once its queue is full, drain follows resume', async () => {
+    const sink = new RecordingSink();
+    const parser = newParser(sink);
+    const frame = dataFrame(1, Buffer.alloc(16 * 1024, 1));
+    let done = 0;
+    assert.equal(parser.write(frame, () => done++), true, 'not paused: parsed at once');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(done, 1);
+    parser.pause();
+    let writes = 0;
+    while (parser.write(frame, () => done++)) assert.ok(++writes < 100);
+    writes++;
+    assert.equal(done, 1, 'no callback while paused');
+    assert.equal(sink.events.length, 1);
+    assert.ok(parser.writableLength <= PARSER_HIGH_WATER_MARK + frame.length, `${parser.writableLength} bytes queued`);
+    const drained = once(parser, 'drain');
+    parser.resume();
+    await drained;
+    await new Promise((resolve) => setImmediate(resolve)); // callbacks of writes parsed in one go come a tick later
+    assert.equal(done, 1 + writes);
+    assert.equal(sink.events.length, 1 + writes);
+  });
+
+  it('goes on in the same loop when the sink pauses and resumes from inside its call', () => {
+    const events: string[] = [];
+    const parser: FrameParser = newParser({
+      onData: () => {
+        events.push('data');
+        parser.pause();
+        parser.resume();
+      },
+      onControl: () => events.push('control'),
+    });
+    let done = false;
+    parser.write(Buffer.concat([dataFrame(1, 'a'), dataFrame(1, 'b'), pingFrame(1)]), () => (done = true));
+    assert.deepEqual(events, ['data', 'data', 'control']);
+    assert.equal(parser.isPaused, false);
+    return new Promise<void>((resolve) => setImmediate(() => (assert.ok(done), resolve())));
+  });
+
+  it("reports a violation once, as its 'error', and is destroyed", async () => {
+    const sink = new RecordingSink();
+    const parser = new FrameParser(sink);
+    const errors: unknown[] = [];
+    parser.on('error', (err) => errors.push(err));
+    parser.write(Buffer.concat([pingFrame(1), dataFrame(0, 'x'), pingFrame(3)]));
+    assert.equal(parser.destroyed, true);
+    await new Promise((resolve) => parser.once('close', resolve));
+    assert.equal(errors.length, 1);
+    assert.ok(isSessionError(/stream 0/)(errors[0]));
+    assert.equal(sink.events.length, 1);
   });
 });

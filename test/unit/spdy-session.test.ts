@@ -737,4 +737,71 @@ describe('SpdySession', () => {
       await withTimeout(ended, 10_000, 'end of stream');
       assert.equal(received, length);
     }));
+
+  it('while a header block inflates, takes no more than a small queue from the transport', async () => {
+    const streams: SpdyStream[] = [];
+    let received = 0;
+    const d = driven((stream, session) => {
+      streams.push(stream);
+      session.reply(stream);
+      stream.on('error', () => undefined);
+      stream.on('data', (c: Buffer) => (received += c.length));
+    });
+    await tick(); // the transport flows
+    const deflater = new PeerDeflater();
+    const syn = await synStream(deflater, 1, portForwardHeaders('data', 80, 0));
+    deflater.close();
+    const frame = dataFrame(1, Buffer.alloc(64 * 1024 - 8, 1));
+    const total = 64 * frame.length;
+    // all in one go: the SYN_STREAM's block cannot have inflated before the last push
+    d.transport.push(syn);
+    for (let i = 0; i < 64; i++) d.transport.push(frame);
+    assert.equal(streams.length, 0);
+    assert.ok(d.transport.isPaused(), 'the transport is paused');
+    assert.ok(d.transport.readableLength >= total - 256 * 1024, `${total - d.transport.readableLength} bytes taken`);
+    await until('the stream', () => streams.length === 1);
+    await until('all data', () => received === 64 * (frame.length - 8));
+    assert.equal(d.transport.isPaused(), false);
+    await d.close();
+  });
+
+  it("does not stop reading for a stream's last DATA (FIN) past its bound: nothing more can come for it", async () => {
+    const streams: SpdyStream[] = [];
+    const d = driven((stream) => streams.push(stream));
+    await tick();
+    const deflater = new PeerDeflater();
+    d.transport.push(await synStream(deflater, 1, portForwardHeaders('data', 80, 0)));
+    deflater.close();
+    await until('the stream', () => streams.length === 1);
+    d.transport.push(dataFrame(1, Buffer.alloc(STREAM_RECEIVE_BUFFER_BYTES + 1024), true));
+    d.transport.push(pingFrame(1));
+    await until('the ping echo', () => d.frames().some((f) => f.control && f.type === T.Ping));
+    d.transport.push(pingFrame(3));
+    await until('the second ping echo', () => d.frames().filter((f) => f.control && f.type === T.Ping).length === 2);
+    assert.equal(streams[0]!.readableLength, STREAM_RECEIVE_BUFFER_BYTES + 1024, 'unread');
+    streams[0]!.on('error', () => undefined);
+    await d.close();
+  });
+
+  it('moves a stream through its states: open, half-closed either way, closed or reset', () =>
+    withHarness(async (h) => {
+      const s1 = await h.open(1);
+      assert.equal(s1.state, 'open');
+      s1.resume();
+      h.send(dataFrame(1, 'x', true));
+      await until('the peer FIN', () => s1.state === 'half-closed-remote');
+      s1.end();
+      await until('both closed', () => s1.state === 'closed');
+      const s3 = await h.open(3);
+      s3.end();
+      await until('our FIN', () => s3.state === 'half-closed-local');
+      h.send(rstStreamFrame(3, RST.Cancel));
+      await until('the reset', () => s3.state === 'reset-by-peer');
+      const s5 = await h.open(5);
+      h.session.reset(s5, RST.Cancel, 'test');
+      assert.equal(s5.state, 'reset-locally');
+      assert.equal(s5.replied, false);
+      h.session.reply(s5);
+      assert.equal(s5.replied, false, 'no SYN_REPLY after a reset');
+    }));
 });

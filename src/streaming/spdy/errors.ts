@@ -1,26 +1,31 @@
-// Protocol violations, each naming the rule it broke. A SessionError ends the session with
-// GOAWAY; a StreamError resets one stream with the RST code the peer will see.
+// Protocol violations, each naming the rule it broke, as one error type that says what the
+// peer will see (SPDY/3 draft 2.4): a session error ends the connection with GOAWAY and a
+// status, a stream error ends one stream with RST_STREAM and a code. Both leave the session
+// through one exit (SpdySession's violation handler); the parser's leave it as its 'error'.
 
-import { GoAwayStatus, RstCode } from './constants';
+import { GoAwayStatus, type RstCode } from './constants';
 
-export class SessionError extends Error {
-  constructor(
+export type ViolationScope =
+  | { readonly kind: 'session'; readonly status: GoAwayStatus }
+  | { readonly kind: 'stream'; readonly streamId: number; readonly code: RstCode };
+
+export class ProtocolError extends Error {
+  private constructor(
     message: string,
-    readonly status: GoAwayStatus = GoAwayStatus.ProtocolError,
+    readonly scope: ViolationScope,
   ) {
     super(message);
-    this.name = 'SpdySessionError';
+    this.name = 'SpdyProtocolError';
   }
-}
 
-export class StreamError extends Error {
-  constructor(
-    readonly streamId: number,
-    readonly code: RstCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'SpdyStreamError';
+  /** The whole connection is at fault: GOAWAY with `status`, then the session ends. */
+  static session(message: string, status: GoAwayStatus = GoAwayStatus.ProtocolError): ProtocolError {
+    return new ProtocolError(message, { kind: 'session', status });
+  }
+
+  /** One stream is at fault: RST_STREAM `code` on it; the session goes on. */
+  static stream(streamId: number, code: RstCode, message: string): ProtocolError {
+    return new ProtocolError(message, { kind: 'stream', streamId, code });
   }
 }
 

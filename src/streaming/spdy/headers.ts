@@ -17,14 +17,14 @@
 import { createInflate, constants as zlibConstants, type Inflate } from 'node:zlib';
 import { MAX_HEADER_BLOCK_BYTES, MAX_HEADER_COUNT } from './constants';
 import { SPDY3_HEADER_DICTIONARY } from './dictionary';
-import { SessionError } from './errors';
+import { ProtocolError } from './errors';
 
 export type HeaderMap = Map<string, string>;
 
 /** Parse an inflated header block. Names are lower-cased (peers must send them so). */
 export function parseHeaderBlock(block: Buffer): HeaderMap {
   const fail = (rule: string): never => {
-    throw new SessionError(`malformed header block: ${rule}`);
+    throw ProtocolError.session(`malformed header block: ${rule}`);
   };
   if (block.length < 4) fail('shorter than its count');
   const count = block.readUInt32BE(0);
@@ -115,13 +115,13 @@ export class HeaderBlockDecoder {
       if (this.#failure !== undefined) return;
       this.#outputBytes += chunk.length;
       if (this.#outputBytes > MAX_HEADER_BLOCK_BYTES) {
-        this.#fail(new SessionError(`header block inflates past the limit of ${MAX_HEADER_BLOCK_BYTES} bytes`));
+        this.#fail(ProtocolError.session(`header block inflates past the limit of ${MAX_HEADER_BLOCK_BYTES} bytes`));
         return;
       }
       this.#output.push(chunk);
     });
     this.#inflate.on('error', (err: Error) =>
-      this.#fail(new SessionError(`corrupt header block compression: ${err.message}`)),
+      this.#fail(ProtocolError.session(`corrupt header block compression: ${err.message}`)),
     );
   }
 

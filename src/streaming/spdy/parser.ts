@@ -1,9 +1,17 @@
-// The SPDY/3.1 frame parser: an explicit state machine over a byte stream in which frames
-// may arrive split anywhere or many per chunk (in the manner of ws's receiver). DATA
-// payloads are handed on as views of the received chunks, piece by piece as they arrive,
-// never copied or accumulated; control frame bodies are small and bounded, and are
-// gathered whole. Every violation is a SessionError naming the rule it broke.
+// The SPDY/3.1 frame parser: a Writable holding an explicit state machine over a byte
+// stream in which frames may arrive split anywhere or many per chunk (in the manner of
+// ws's Receiver). DATA payloads are handed on as views of the received chunks, piece by
+// piece as they arrive, never copied or accumulated; control frame bodies are small and
+// bounded (checked from the 8-byte header, before anything is allocated), and are
+// gathered whole. Every violation is a ProtocolError naming the rule it broke, and leaves
+// one way: the parser is destroyed with it ('error').
+//
+// Backpressure: the sink may pause() the parser from inside a call (a header block is
+// inflating, a stream is over its receive bound). The write callback of the chunk being
+// parsed is then held until resume(), so the Writable buffers at most its high water mark
+// more and write() returns false: the transport is paused and nothing queues without bound.
 
+import { Writable } from 'node:stream';
 import {
   CONTROL_FRAME_MARKER,
   FLAG_FIN,
@@ -13,7 +21,7 @@ import {
   MAX_SMALL_CONTROL_FRAME_BYTES,
   SPDY_VERSION,
 } from './constants';
-import { SessionError } from './errors';
+import { ProtocolError } from './errors';
 
 export interface FrameSink {
   /** A piece of a DATA frame's payload (maybe empty); `fin` only on the frame's last piece. */
@@ -22,11 +30,16 @@ export interface FrameSink {
   onControl(type: FrameType, flags: number, body: Buffer): void;
 }
 
+/** Bytes the Writable queues in front of a paused parser before write() returns false. */
+export const PARSER_HIGH_WATER_MARK = 64 * 1024;
+
 const enum State {
   Header,
   ControlBody,
   DataPayload,
   Skip,
+  /** Failed or destroyed: nothing more is handed out. */
+  Stopped,
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -48,73 +61,109 @@ function maxControlBody(type: number): number {
     : MAX_SMALL_CONTROL_FRAME_BYTES;
 }
 
-export class FrameParser {
+type WriteCallback = (err?: Error | null) => void;
+
+export class FrameParser extends Writable {
   readonly #sink: FrameSink;
   readonly #chunks: Buffer[] = [];
   #buffered = 0;
   #state = State.Header;
+  /** The sink asked to wait (pause()); the loop stops after the call that asked. */
   #paused = false;
-  #failed = false;
+  /** The loop is on the stack: a resume() from inside a sink call must not re-enter it. */
+  #running = false;
+  /** The write callback held while paused: this is what stalls the transport. */
+  #held: WriteCallback | undefined;
   // the frame being read
   #controlType = 0;
   #flags = 0;
   #streamId = 0;
   #remaining = 0;
 
-  constructor(sink: FrameSink) {
+  constructor(sink: FrameSink, highWaterMark = PARSER_HIGH_WATER_MARK) {
+    super({ highWaterMark, decodeStrings: false });
     this.#sink = sink;
   }
 
-  /** Feed bytes from the transport. Throws SessionError on a framing violation. */
-  push(chunk: Buffer): void {
-    if (this.#failed) return;
-    if (chunk.length > 0) {
-      this.#chunks.push(chunk);
-      this.#buffered += chunk.length;
-    }
-    this.#run();
-  }
-
-  /** Stop handing out frames (e.g. while a header block inflates); bytes keep queueing. */
+  /** Stop handing out frames (call from a sink method, or between writes). */
   pause(): void {
     this.#paused = true;
   }
 
+  /** Hand out frames again: the bytes already received first, then further writes. */
   resume(): void {
     if (!this.#paused) return;
     this.#paused = false;
+    if (this.#running) return; // called from inside a sink call: the loop goes on by itself
     this.#run();
+    if (this.#paused || this.#held === undefined || this.destroyed) return;
+    const callback = this.#held;
+    this.#held = undefined;
+    callback();
   }
 
-  /** Bytes received and not yet parsed. */
+  get isPaused(): boolean {
+    return this.#paused;
+  }
+
+  /** Bytes received and not yet parsed (the Writable's own queue not counted). */
   get buffered(): number {
     return this.#buffered;
   }
 
-  #run(): void {
-    try {
-      let progress = true;
-      while (progress && !this.#paused) {
-        switch (this.#state) {
-          case State.Header:
-            progress = this.#readHeader();
-            break;
-          case State.ControlBody:
-            progress = this.#readControlBody();
-            break;
-          case State.DataPayload:
-            progress = this.#readDataPayload();
-            break;
-          case State.Skip:
-            progress = this.#skip();
-            break;
-        }
-      }
-    } catch (err) {
-      this.#failed = true;
-      throw err;
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: WriteCallback): void {
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
     }
+    if (!this.#paused) this.#run();
+    if (this.#paused && !this.destroyed) this.#held = callback;
+    else callback();
   }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.#state = State.Stopped;
+    this.#chunks.length = 0;
+    this.#buffered = 0;
+    this.#held = undefined;
+    callback(err);
+  }
+
+  #run(): void {
+    this.#running = true;
+    let progress = true;
+    while (progress && !this.#paused) {
+      switch (this.#state) {
+        case State.Header:
+          progress = this.#readHeader();
+          break;
+        case State.ControlBody:
+          progress = this.#readControlBody();
+          break;
+        case State.DataPayload:
+          progress = this.#readDataPayload();
+          break;
+        case State.Skip:
+          progress = this.#skip();
+          break;
+        case State.Stopped:
+          progress = false;
+          break;
+      }
+    }
+    this.#running = false;
+  }
+
+  /** The one exit for a framing violation. */
+  #fail(message: string): false {
+    this.#state = State.Stopped;
+    this.destroy(ProtocolError.session(message));
+    return false;
+  }
+
+  // Each state's method either consumes what it needs and returns true, or returns false
+  // until more bytes arrive. The next state is set before the sink is called: the sink may
+  // pause or destroy the parser.
 
   #readHeader(): boolean {
     if (this.#buffered < FRAME_HEADER_BYTES) return false;
@@ -125,7 +174,7 @@ export class FrameParser {
     const length = flagsAndLength & 0xffffff;
     if ((word & 0x80000000) === 0) {
       this.#streamId = word;
-      if (this.#streamId === 0) throw new SessionError('DATA frame on stream 0');
+      if (this.#streamId === 0) return this.#fail('DATA frame on stream 0');
       this.#remaining = length;
       this.#state = State.DataPayload;
       if (length === 0) {
@@ -136,7 +185,7 @@ export class FrameParser {
     }
     const version = (word >>> 16) & 0x7fff;
     if (word >>> 16 !== CONTROL_FRAME_MARKER) {
-      throw new SessionError(`unsupported SPDY version ${version} (only ${SPDY_VERSION} is spoken)`);
+      return this.#fail(`unsupported SPDY version ${version} (only ${SPDY_VERSION} is spoken)`);
     }
     const type = word & 0xffff;
     this.#remaining = length;
@@ -145,7 +194,7 @@ export class FrameParser {
       return true;
     }
     if (length > maxControlBody(type)) {
-      throw new SessionError(`control frame type ${type} of ${length} bytes exceeds the limit of ${maxControlBody(type)}`);
+      return this.#fail(`control frame type ${type} of ${length} bytes exceeds the limit of ${maxControlBody(type)}`);
     }
     this.#controlType = type;
     this.#state = State.ControlBody;

@@ -6,7 +6,8 @@
 // before any DATA on their stream; PINGs echoed; no flow control (SETTINGS and
 // WINDOW_UPDATE are accepted and ignored, we never wait for window credit); GOAWAY when we
 // end the session. Backpressure is TCP's: a stream whose reader lags holds up to
-// STREAM_RECEIVE_BUFFER_BYTES, then the connection is no longer read until it drains.
+// STREAM_RECEIVE_BUFFER_BYTES, then the parser waits (head-of-line, as upstream) and the
+// connection is no longer read until that stream is read.
 
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../log';
@@ -19,7 +20,7 @@ import {
   MAX_STREAM_ID,
   RstCode,
 } from './constants';
-import { SessionError, StreamError, StreamResetError } from './errors';
+import { ProtocolError } from './errors';
 import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
@@ -49,8 +50,14 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #decoder = new HeaderBlockDecoder();
   readonly #encoder = new HeaderBlockEncoder();
   readonly #streams = new Map<number, SpdyStream>();
-  /** Streams whose reader lags; while any is here the transport is not read. */
-  readonly #stalled = new Set<SpdyStream>();
+  /**
+   * What the parser waits for, if anything: a header block to inflate, or a stream over its
+   * receive bound to be read. While it waits its write callback is held, so the transport
+   * is paused once the parser's small queue fills.
+   */
+  #waitingFor: 'inflate' | SpdyStream | undefined;
+  /** We paused the transport because the parser's queue is full. */
+  #transportPaused = false;
   #lastPeerStreamId = 0;
   /** The last never-opened stream we sent RST INVALID_STREAM for. */
   #lastInvalidStreamId = 0;
@@ -66,10 +73,16 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#transport = transport;
     this.#options = options;
     this.#parser = new FrameParser(this);
+    this.#parser.on('error', (err: Error) => this.#violation(err));
+    this.#parser.on('drain', this.#resumeTransport);
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
     const tick = Math.max(1, Math.floor(options.idleTimeoutMs / IDLE_CHECKS_PER_TIMEOUT));
     this.#idleTimer = setInterval(this.#checkIdle, tick);
     this.#idleTimer.unref();
+    // Written by hand rather than transport.pipe(parser): after the session ends the
+    // transport is still read (and the bytes dropped) so that the peer's close is seen, and
+    // a pause is asked for only while the parser waits (write() also says false for one
+    // chunk larger than its queue, with nothing queued).
     transport.on('data', this.#onTransportData);
     transport.on('error', (err: Error) => {
       options.log.debug('SPDY transport error', { err });
@@ -94,8 +107,7 @@ export class SpdySession implements FrameSink, StreamOwner {
 
   /** Send our (empty) SYN_REPLY; kubectl waits for it before opening the next stream. */
   reply(stream: SpdyStream): void {
-    if (stream.replied || stream.destroyed || this.#endReason !== undefined) return;
-    stream.replied = true;
+    if (stream.destroyed || this.#endReason !== undefined || !stream.markReplied()) return;
     this.#transport.write(synReplyFrame(stream.id, this.#encoder.encode([])));
   }
 
@@ -105,7 +117,9 @@ export class SpdySession implements FrameSink, StreamOwner {
    */
   reset(stream: SpdyStream, code: RstCode, why: string): void {
     this.#options.log.debug('resetting SPDY stream', { streamId: stream.id, code, why });
-    stream.resetCode ??= code;
+    if (this.#endReason === undefined && !stream.destroyed && stream.resetLocally()) {
+      this.#transport.write(rstStreamFrame(stream.id, code));
+    }
     stream.destroy();
   }
 
@@ -122,13 +136,19 @@ export class SpdySession implements FrameSink, StreamOwner {
   // ---- frames from the peer (FrameSink) ---------------------------------------------
 
   readonly #onTransportData = (chunk: Buffer): void => {
-    if (this.#endReason !== undefined) return; // after GOAWAY or idle: nothing more is read
+    // After GOAWAY, idle or a violation (reported a tick later): nothing more is parsed.
+    if (this.#endReason !== undefined || this.#parser.destroyed) return;
     this.#sawTraffic = true;
-    try {
-      this.#parser.push(chunk);
-    } catch (err) {
-      this.#protocolError(err);
+    if (!this.#parser.write(chunk) && this.#parser.isPaused && !this.#transportPaused) {
+      this.#transportPaused = true;
+      this.#transport.pause();
     }
+  };
+
+  readonly #resumeTransport = (): void => {
+    if (!this.#transportPaused) return;
+    this.#transportPaused = false;
+    this.#transport.resume();
   };
 
   onData(streamId: number, payload: Buffer, fin: boolean): void {
@@ -138,22 +158,20 @@ export class SpdySession implements FrameSink, StreamOwner {
       // such stream, however many pieces its frames arrive in.
       if (streamId > this.#lastPeerStreamId && streamId !== this.#lastInvalidStreamId) {
         this.#lastInvalidStreamId = streamId;
-        this.#transport.write(rstStreamFrame(streamId, RstCode.InvalidStream));
+        this.#violation(ProtocolError.stream(streamId, RstCode.InvalidStream, 'DATA for a stream never opened'));
       }
       return;
     }
     if (stream.remoteClosed) {
-      this.reset(stream, RstCode.StreamAlreadyClosed, 'DATA after FIN');
+      this.#violation(ProtocolError.stream(streamId, RstCode.StreamAlreadyClosed, 'DATA after FIN'));
       return;
     }
-    if (payload.length > 0 && !stream.push(payload) && stream.readableLength >= stream.readableHighWaterMark) {
-      this.#stall(stream);
+    // Over its bound the stream holds the parser until it is read; not on its last piece:
+    // nothing more can come for it, and a stream that ended asks for no more reads.
+    if (payload.length > 0 && !stream.push(payload) && !fin && stream.readableLength >= stream.readableHighWaterMark) {
+      this.#wait(stream);
     }
-    if (fin) {
-      stream.remoteClosed = true;
-      stream.push(null);
-      this.#forgetIfClosed(stream);
-    }
+    if (fin && stream.remoteFin()) this.#forgetIfClosed(stream);
   }
 
   onControl(type: FrameType, flags: number, body: Buffer): void {
@@ -178,27 +196,24 @@ export class SpdySession implements FrameSink, StreamOwner {
   }
 
   #onSynStream(flags: number, body: Buffer): void {
-    if (body.length < 10) throw new SessionError(`SYN_STREAM body of ${body.length} bytes is shorter than 10`);
+    if (body.length < 10) return this.#violation(ProtocolError.session(`SYN_STREAM body of ${body.length} bytes is shorter than 10`));
     const streamId = body.readUInt32BE(0) & MAX_STREAM_ID;
     if (streamId === 0 || streamId % 2 === 0) {
-      throw new SessionError(`SYN_STREAM with stream id ${streamId}: client streams must be odd`);
+      return this.#violation(ProtocolError.session(`SYN_STREAM with stream id ${streamId}: client streams must be odd`));
     }
     if (streamId <= this.#lastPeerStreamId) {
-      throw new SessionError(`SYN_STREAM with stream id ${streamId} not above the last one (${this.#lastPeerStreamId})`);
+      const rule = `SYN_STREAM with stream id ${streamId} not above the last one (${this.#lastPeerStreamId})`;
+      return this.#violation(ProtocolError.session(rule));
     }
     this.#lastPeerStreamId = streamId;
     this.#decodeHeaders(body.subarray(10), (headers) => {
       if (this.#streams.size >= MAX_CONCURRENT_STREAMS) {
-        this.#transport.write(rstStreamFrame(streamId, RstCode.RefusedStream));
         this.#options.log.warn('refusing a SPDY stream: too many open streams', { limit: MAX_CONCURRENT_STREAMS });
-        return;
+        return this.#violation(ProtocolError.stream(streamId, RstCode.RefusedStream, 'too many open streams'));
       }
       const stream = new SpdyStream(streamId, headers, this);
       this.#streams.set(streamId, stream);
-      if ((flags & FLAG_FIN) !== 0) {
-        stream.remoteClosed = true;
-        stream.push(null);
-      }
+      if ((flags & FLAG_FIN) !== 0) stream.remoteFin();
       this.#options.onStream(stream, this);
     });
   }
@@ -206,42 +221,34 @@ export class SpdySession implements FrameSink, StreamOwner {
   // We open no streams, so a SYN_REPLY or HEADERS is out of place; its block must still be
   // inflated to keep the connection's zlib context in step.
   #onUnexpectedHeaders(type: FrameType, body: Buffer): void {
-    if (body.length < 4) throw new SessionError(`frame type ${type} body shorter than 4 bytes`);
+    if (body.length < 4) return this.#violation(ProtocolError.session(`frame type ${type} body shorter than 4 bytes`));
     const streamId = body.readUInt32BE(0) & MAX_STREAM_ID;
     this.#decodeHeaders(body.subarray(4), () => {
-      const stream = this.#streams.get(streamId);
-      if (type === FrameType.SynReply && stream !== undefined) {
-        this.reset(stream, RstCode.ProtocolError, 'SYN_REPLY for a stream the client opened');
+      if (type === FrameType.SynReply && this.#streams.has(streamId)) {
+        this.#violation(ProtocolError.stream(streamId, RstCode.ProtocolError, 'SYN_REPLY for a stream the client opened'));
       }
     });
   }
 
+  // The decoder's zlib context is asynchronous: the parser waits meanwhile, so that the
+  // frames after this one (DATA for the stream it opens) are not handed out before it.
   #decodeHeaders(block: Buffer, then: (headers: HeaderMap) => void): void {
-    this.#parser.pause();
+    this.#wait('inflate');
     this.#decoder.decode(block, (err, headers) => {
       if (this.#endReason !== undefined) return;
-      if (err) return this.#protocolError(err);
+      if (err) return this.#violation(err);
       then(headers!);
-      try {
-        this.#parser.resume();
-      } catch (e) {
-        this.#protocolError(e);
-      }
+      this.#stopWaiting('inflate');
     });
   }
 
   #onRstStream(body: Buffer): void {
-    if (body.length < 8) throw new SessionError('RST_STREAM body shorter than 8 bytes');
-    const stream = this.#streams.get(body.readUInt32BE(0) & MAX_STREAM_ID);
-    if (stream === undefined) return;
-    stream.resetByPeer = true;
-    stream.remoteClosed = true;
-    stream.localClosed = true;
-    stream.destroy(new StreamResetError(body.readUInt32BE(4)));
+    if (body.length < 8) return this.#violation(ProtocolError.session('RST_STREAM body shorter than 8 bytes'));
+    this.#streams.get(body.readUInt32BE(0) & MAX_STREAM_ID)?.resetByPeer(body.readUInt32BE(4));
   }
 
   #onPing(body: Buffer): void {
-    if (body.length < 4) throw new SessionError('PING body shorter than 4 bytes');
+    if (body.length < 4) return this.#violation(ProtocolError.session('PING body shorter than 4 bytes'));
     const id = body.readUInt32BE(0);
     // Odd ids are the client's: echo them unchanged. Even ones would answer our own pings.
     if (id % 2 === 1) {
@@ -280,46 +287,65 @@ export class SpdySession implements FrameSink, StreamOwner {
       return;
     }
     if (!stream.replied) this.reply(stream);
-    stream.localClosed = true;
+    stream.localFin();
     this.#transport.write(dataFrameHeader(stream.id, 0, true), callback);
     this.#forgetIfClosed(stream);
   }
 
   streamWantsData(stream: SpdyStream): void {
-    if (this.#stalled.delete(stream) && this.#stalled.size === 0) this.#transport.resume();
+    if (this.#waitingFor === stream) this.#stopWaiting(stream);
   }
 
   streamDestroyed(stream: SpdyStream, err: Error | null): void {
     this.#streams.delete(stream.id);
-    if (this.#stalled.delete(stream) && this.#stalled.size === 0) this.#transport.resume();
-    if (stream.resetByPeer || this.#endReason !== undefined) return;
-    if (stream.localClosed && stream.remoteClosed) return; // closed cleanly
-    const code = stream.resetCode ?? (err instanceof StreamError ? err.code : RstCode.Cancel);
-    stream.localClosed = true;
-    stream.remoteClosed = true;
-    this.#transport.write(rstStreamFrame(stream.id, code));
+    if (this.#endReason === undefined && stream.resetLocally()) {
+      // A stream destroyed with a stream-level ProtocolError carries its own RST code.
+      const code = err instanceof ProtocolError && err.scope.kind === 'stream' ? err.scope.code : RstCode.Cancel;
+      this.#transport.write(rstStreamFrame(stream.id, code));
+    }
+    // after the RST: the parser may go on at once and answer frames already received
+    if (this.#waitingFor === stream) this.#stopWaiting(stream);
   }
 
   #forgetIfClosed(stream: SpdyStream): void {
-    if (stream.localClosed && stream.remoteClosed) this.#streams.delete(stream.id);
+    if (stream.state === 'closed') this.#streams.delete(stream.id);
   }
 
-  #stall(stream: SpdyStream): void {
-    if (this.#stalled.size === 0) this.#transport.pause();
-    this.#stalled.add(stream);
+  #wait(reason: 'inflate' | SpdyStream): void {
+    this.#waitingFor = reason;
+    this.#parser.pause();
+  }
+
+  #stopWaiting(reason: 'inflate' | SpdyStream): void {
+    if (this.#waitingFor !== reason) return;
+    this.#waitingFor = undefined;
+    this.#parser.resume();
   }
 
   // ---- endings ----------------------------------------------------------------------
 
-  #protocolError(err: unknown): void {
-    const status = err instanceof SessionError ? err.status : GoAwayStatus.InternalError;
+  /**
+   * The one exit for protocol violations, the parser's and the session's own: a stream
+   * error resets that stream (or answers for one we do not have), anything else ends the
+   * session with GOAWAY and the error's status.
+   */
+  #violation(err: unknown): void {
+    if (this.#endReason !== undefined) return;
+    if (err instanceof ProtocolError && err.scope.kind === 'stream') {
+      const { streamId, code } = err.scope;
+      const stream = this.#streams.get(streamId);
+      if (stream !== undefined) this.reset(stream, code, err.message);
+      else this.#transport.write(rstStreamFrame(streamId, code));
+      return;
+    }
+    const status = err instanceof ProtocolError && err.scope.kind === 'session' ? err.scope.status : GoAwayStatus.InternalError;
     this.#options.log.warn('ending SPDY session: protocol error', { err });
     this.close(status, 'protocol-error');
   }
 
   readonly #checkIdle = (): void => {
-    // A session we stopped reading (a stalled stream) is busy, not idle.
-    if (this.#sawTraffic || this.#stalled.size > 0) {
+    // A session that waits to read (a stalled stream) is busy, not idle.
+    if (this.#sawTraffic || this.#waitingFor !== undefined) {
       this.#sawTraffic = false;
       this.#idleTicks = 0;
       return;
@@ -335,7 +361,9 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#endReason = reason;
     clearInterval(this.#idleTimer);
     this.#decoder.close();
-    this.#stalled.clear();
+    this.#parser.destroy(); // stops handing out frames, even of the chunk being parsed
+    this.#waitingFor = undefined;
+    this.#resumeTransport(); // read on (and drop) so that the peer's close is seen
     const gone = new Error(`SPDY session ended (${reason})`);
     for (const stream of [...this.#streams.values()]) stream.destroy(gone);
     this.#streams.clear();

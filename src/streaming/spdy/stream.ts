@@ -1,8 +1,11 @@
 // One SPDY stream as a Node Duplex: what the peer sends on it is readable, what we write
 // becomes DATA frames, end() sends FIN, destroy() before both sides closed sends
-// RST_STREAM. The session does the framing; the stream only keeps per-stream state.
+// RST_STREAM. The session does the framing; the stream keeps its own state, which changes
+// only through the transition methods below (the session calls them, and sends what they
+// say must be sent).
 
 import { Duplex } from 'node:stream';
+import { StreamResetError } from './errors';
 import type { HeaderMap } from './headers';
 
 /** What a stream asks of its session (implemented by SpdySession). */
@@ -19,17 +22,16 @@ export interface StreamOwner {
  */
 export const STREAM_RECEIVE_BUFFER_BYTES = 1024 * 1024;
 
+/**
+ * Where a stream is in its life (SPDY/3 draft 2.3). "local" is our side: half-closed-local
+ * means we sent FIN and the peer may still send. A reset is final, whoever sent it.
+ */
+export type StreamState = 'open' | 'half-closed-local' | 'half-closed-remote' | 'closed' | 'reset-by-peer' | 'reset-locally';
+
 export class SpdyStream extends Duplex {
-  /** SYN_REPLY sent. */
-  replied = false;
-  /** The peer sent FIN (or RST). */
-  remoteClosed = false;
-  /** We sent FIN (or RST). */
-  localClosed = false;
-  /** The peer reset it: no RST goes back. */
-  resetByPeer = false;
-  /** The RST code to send when we reset it (SpdySession.reset). */
-  resetCode: number | undefined;
+  #state: StreamState = 'open';
+  /** SYN_REPLY sent (orthogonal to the state: a peer may half-close before we reply). */
+  #replied = false;
 
   constructor(
     readonly id: number,
@@ -43,6 +45,68 @@ export class SpdyStream extends Duplex {
       writableHighWaterMark: 64 * 1024,
     });
   }
+
+  get state(): StreamState {
+    return this.#state;
+  }
+
+  get replied(): boolean {
+    return this.#replied;
+  }
+
+  /** The peer sent FIN or a reset went either way: no DATA may arrive. */
+  get remoteClosed(): boolean {
+    return this.#state !== 'open' && this.#state !== 'half-closed-local';
+  }
+
+  /** We sent FIN or a reset went either way: no DATA may leave. */
+  get localClosed(): boolean {
+    return this.#state !== 'open' && this.#state !== 'half-closed-remote';
+  }
+
+  get isReset(): boolean {
+    return this.#state === 'reset-by-peer' || this.#state === 'reset-locally';
+  }
+
+  // ---- transitions: each returns whether it applied, i.e. whether its frame must go ----
+
+  /** SYN_REPLY: once, and never after a reset. */
+  markReplied(): boolean {
+    if (this.#replied || this.isReset) return false;
+    this.#replied = true;
+    return true;
+  }
+
+  /** The peer's FIN: the readable side ends. */
+  remoteFin(): boolean {
+    if (this.remoteClosed) return false;
+    this.#state = this.#state === 'half-closed-local' ? 'closed' : 'half-closed-remote';
+    this.push(null);
+    return true;
+  }
+
+  /** Our FIN (an empty DATA frame with FIN). */
+  localFin(): boolean {
+    if (this.localClosed) return false;
+    this.#state = this.#state === 'half-closed-remote' ? 'closed' : 'half-closed-local';
+    return true;
+  }
+
+  /** The peer's RST_STREAM: readers see a StreamResetError; no RST goes back. */
+  resetByPeer(code: number): void {
+    if (this.isReset) return;
+    this.#state = 'reset-by-peer';
+    this.destroy(new StreamResetError(code));
+  }
+
+  /** Our RST_STREAM: applies unless the stream already closed both ways or was reset. */
+  resetLocally(): boolean {
+    if (this.isReset || this.#state === 'closed') return false;
+    this.#state = 'reset-locally';
+    return true;
+  }
+
+  // ---- Duplex --------------------------------------------------------------------------
 
   override _read(): void {
     this.owner.streamWantsData(this);
