@@ -16,10 +16,17 @@ export interface PortForwardGrant {
   readonly ports: readonly number[];
 }
 
+/** Where token ages are read from: milliseconds, monotonic (performance.now() by default). */
+export interface Clock {
+  now(): number;
+}
+
 export interface TokenCacheOptions {
   ttlMs: number;
   maxInflight: number;
   metrics: Metrics;
+  /** The clock TTLs are judged on; tests pass a fake one. Default: real time. */
+  clock?: Clock;
 }
 
 export class TokenCache {
@@ -37,6 +44,8 @@ export class TokenCache {
       ttl: options.ttlMs,
       // Staleness is judged on the clock, not on a timer per token.
       ttlAutopurge: false,
+      // An injected clock is read on every check (the default one is cached for 1 ms).
+      ...(options.clock ? { perf: options.clock, ttlResolution: 0 } : {}),
       updateAgeOnGet: false,
       dispose: (_grant, _token, reason) => {
         if (reason === 'expire') this.#metrics.tokensExpired.inc();

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { CriError } from '../../src/errors';
 import { createMetrics, type Metrics } from '../../src/metrics';
 import { TokenCache } from '../../src/streaming/tokens';
+import { FakeClock } from '../support/fake-clock';
 
 async function counter(metrics: Metrics, name: string, labels = ''): Promise<number> {
   const text = await metrics.registry.metrics();
@@ -41,9 +41,10 @@ describe('TokenCache', () => {
 
   it('expires tokens after the TTL and counts them', async () => {
     const metrics = createMetrics();
-    const tokens = new TokenCache({ ttlMs: 50, maxInflight: 10, metrics });
+    const clock = new FakeClock();
+    const tokens = new TokenCache({ ttlMs: 50, maxInflight: 10, metrics, clock });
     const token = tokens.issue(grant);
-    await sleep(120);
+    clock.advance(120);
     assert.equal(tokens.redeem(token), undefined);
     assert.equal(await counter(metrics, 'cri_portforward_tokens_expired_total'), 1);
     tokens.close();
@@ -51,7 +52,8 @@ describe('TokenCache', () => {
 
   it('refuses the token past the in-flight limit with resource-exhausted, and frees room on expiry', async () => {
     const metrics = createMetrics();
-    const tokens = new TokenCache({ ttlMs: 200, maxInflight: 1000, metrics });
+    const clock = new FakeClock();
+    const tokens = new TokenCache({ ttlMs: 200, maxInflight: 1000, metrics, clock });
     const issued = Array.from({ length: 1000 }, () => tokens.issue(grant));
     assert.throws(
       () => tokens.issue(grant),
@@ -62,7 +64,7 @@ describe('TokenCache', () => {
     assert.deepEqual(tokens.redeem(issued[0]!), grant);
     assert.doesNotThrow(() => tokens.issue(grant));
     // Once they expire, a full set of new tokens fits again.
-    await sleep(250);
+    clock.advance(250);
     for (let i = 0; i < 1000; i++) tokens.issue(grant);
     assert.equal(tokens.size, 1000);
     tokens.close();
