@@ -196,14 +196,16 @@ export class SpdySession implements FrameSink, StreamOwner {
   }
 
   #onSynStream(flags: number, body: Buffer): void {
-    if (body.length < 10) return this.#violation(ProtocolError.session(`SYN_STREAM body of ${body.length} bytes is shorter than 10`));
+    if (body.length < 10) {
+      return this.#violation(ProtocolError.session(`SYN_STREAM body of ${body.length} bytes is shorter than 10`));
+    }
     const streamId = body.readUInt32BE(0) & MAX_STREAM_ID;
+    const last = this.#lastPeerStreamId;
     if (streamId === 0 || streamId % 2 === 0) {
       return this.#violation(ProtocolError.session(`SYN_STREAM with stream id ${streamId}: client streams must be odd`));
     }
-    if (streamId <= this.#lastPeerStreamId) {
-      const rule = `SYN_STREAM with stream id ${streamId} not above the last one (${this.#lastPeerStreamId})`;
-      return this.#violation(ProtocolError.session(rule));
+    if (streamId <= last) {
+      return this.#violation(ProtocolError.session(`SYN_STREAM with stream id ${streamId} not above the last one (${last})`));
     }
     this.#lastPeerStreamId = streamId;
     this.#decodeHeaders(body.subarray(10), (headers) => {
@@ -221,7 +223,9 @@ export class SpdySession implements FrameSink, StreamOwner {
   // We open no streams, so a SYN_REPLY or HEADERS is out of place; its block must still be
   // inflated to keep the connection's zlib context in step.
   #onUnexpectedHeaders(type: FrameType, body: Buffer): void {
-    if (body.length < 4) return this.#violation(ProtocolError.session(`frame type ${type} body shorter than 4 bytes`));
+    if (body.length < 4) {
+      return this.#violation(ProtocolError.session(`frame type ${type} body shorter than 4 bytes`));
+    }
     const streamId = body.readUInt32BE(0) & MAX_STREAM_ID;
     this.#decodeHeaders(body.subarray(4), () => {
       if (type === FrameType.SynReply && this.#streams.has(streamId)) {
@@ -338,7 +342,9 @@ export class SpdySession implements FrameSink, StreamOwner {
       else this.#transport.write(rstStreamFrame(streamId, code));
       return;
     }
-    const status = err instanceof ProtocolError && err.scope.kind === 'session' ? err.scope.status : GoAwayStatus.InternalError;
+    // anything else (a zlib or stream error) is our fault, not the peer's
+    const status =
+      err instanceof ProtocolError && err.scope.kind === 'session' ? err.scope.status : GoAwayStatus.InternalError;
     this.#options.log.warn('ending SPDY session: protocol error', { err });
     this.close(status, 'protocol-error');
   }

@@ -26,7 +26,13 @@ export const STREAM_RECEIVE_BUFFER_BYTES = 1024 * 1024;
  * Where a stream is in its life (SPDY/3 draft 2.3). "local" is our side: half-closed-local
  * means we sent FIN and the peer may still send. A reset is final, whoever sent it.
  */
-export type StreamState = 'open' | 'half-closed-local' | 'half-closed-remote' | 'closed' | 'reset-by-peer' | 'reset-locally';
+export type StreamState =
+  | 'open'
+  | 'half-closed-local'
+  | 'half-closed-remote'
+  | 'closed'
+  | 'reset-by-peer'
+  | 'reset-locally';
 
 export class SpdyStream extends Duplex {
   #state: StreamState = 'open';
