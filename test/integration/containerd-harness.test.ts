@@ -1,4 +1,4 @@
-// The private containerd 1.6 harness itself (test/support/containerd.ts): its CRI answers,
+// The private containerd 1.6 harness itself (test/support/containerd/): its CRI answers,
 // runs a sandbox from our own pause image in a CNI network namespace, survives a restart
 // with its shims, and leaves nothing behind after removeAllSandboxes() and stop().
 
@@ -7,18 +7,20 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { criClient, type CriTestClient } from '../support/cri-client';
+import { netnsPathFromInfo } from '../../src/sandbox/upstream';
 import {
+  containerdPodConfig,
   containerdSkipReason,
   leftoversOf,
-  mountsUnderDir,
-  netnsPathFromVerboseInfo,
   POD_SUBNET,
   removeAllSandboxes,
   shimsOf,
   startContainerd,
   type PrivateContainerd,
 } from '../support/containerd';
+import { criClient, type CriTestClient } from '../support/cri-client';
+import { mountsUnder } from '../support/mounts';
+import { until } from '../support/until';
 
 const skip = containerdSkipReason();
 
@@ -61,12 +63,7 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
 
   it('runs a sandbox from its pause image in a CNI network namespace', async () => {
     assert.ok(c && cri);
-    const config = {
-      metadata: { name: 'harness', namespace: 'cripf-test', uid: 'harness-uid', attempt: 0 },
-      labels: { app: 'harness' },
-      log_directory: join(c.dir, 'pod-logs'),
-      linux: {},
-    };
+    const config = containerdPodConfig(c, 'harness', 'cripf-test');
     sandboxId = (await cri.call('RunPodSandbox', { config })).pod_sandbox_id;
     assert.match(sandboxId, /^[0-9a-f]{64}$/);
     const res = await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true });
@@ -79,10 +76,10 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
     const info = JSON.parse(res.info.info);
     assert.equal(info.image, c.sandboxImage);
     assert.equal(info.processStatus, 'running');
-    netnsPath = netnsPathFromVerboseInfo(res.info) ?? '';
+    netnsPath = netnsPathFromInfo(res.info.info) ?? '';
     assert.ok(netnsPath.startsWith(join(c.dir, 'state') + '/'), `netns under the state dir: ${netnsPath}`);
     assert.ok(existsSync(netnsPath));
-    assert.ok(mountsUnderDir(c.dir).includes(netnsPath), 'the netns is a mount');
+    assert.ok(mountsUnder(c.dir).includes(netnsPath), 'the netns is a mount');
     assert.notEqual(statSync(netnsPath).ino, statSync('/proc/self/ns/net').ino);
     const eth0 = execFileSync('nsenter', [`--net=${netnsPath}`, 'ip', '-o', '-4', 'addr', 'show', 'eth0'], {
       encoding: 'utf8',
@@ -117,8 +114,8 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
     assert.deepEqual((await cri.call('ListPodSandbox', {})).items, []);
     assert.equal(existsSync(netnsPath), false);
     assert.equal(isPause(pausePid), false);
-    const deadline = Date.now() + 5_000;
-    while (shimsOf(c.dir).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const { dir } = c;
+    await until('the shim to exit', () => shimsOf(dir).length === 0, { timeoutMs: 5_000, intervalMs: 50 }).catch(() => undefined); // asserted next
     assert.deepEqual(shimsOf(c.dir), []);
   });
 
@@ -128,7 +125,7 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
     await c.stop();
     assert.equal(existsSync(`/proc/${pid}/cmdline`) && readFileSync(`/proc/${pid}/cmdline`).length > 0, false);
     assert.deepEqual(leftoversOf(c, [sandboxId]), []);
-    assert.deepEqual(mountsUnderDir(dir), []);
+    assert.deepEqual(mountsUnder(dir), []);
     assert.equal(existsSync(dir), false);
   });
 });

@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { criClient, grpcError, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
+import { mountsUnder } from '../support/mounts';
 import { rootSkipReason } from '../support/root';
-import { cleanUpAndAssertNothingLeft, mountsUnder, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
 
 const skip = rootSkipReason();
 

@@ -6,8 +6,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { criClient, HOST_NETWORK, podConfig } from '../support/cri-client';
+import { mountsUnder } from '../support/mounts';
 import { rootSkipReason } from '../support/root';
-import { cleanUpAndAssertNothingLeft, makeTempDir, mountsUnder, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft, makeTempDir, startServer, type ServerProcess } from '../support/server-process';
 
 const skip = rootSkipReason();
 

@@ -3,6 +3,7 @@
 
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeServiceClient } from '../../src/cri-api';
+import { netnsPathFromInfo } from '../../src/sandbox/upstream';
 
 export type CriCall = (method: string, request: object) => Promise<any>;
 
@@ -56,3 +57,33 @@ export function podConfig(name: string, extra: Record<string, unknown> = {}): ob
 }
 
 export const HOST_NETWORK = { linux: { security_context: { namespace_options: { network: 'NODE' } } } };
+
+/** A sandbox's network namespace path from its verbose PodSandboxStatus (null for host network). */
+export async function sandboxNetns(cri: CriTestClient, id: string): Promise<string | null> {
+  return netnsPathFromInfo((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
+}
+
+/** Run a sandbox named `name` (host network or a namespace of its own): its id and netns path. */
+export async function runSandbox(cri: CriTestClient, name: string, hostNetwork = false): Promise<{ id: string; netns: string | null }> {
+  const id: string = (await cri.call('RunPodSandbox', { config: podConfig(name, hostNetwork ? HOST_NETWORK : {}) })).pod_sandbox_id;
+  return { id, netns: await sandboxNetns(cri, id) };
+}
+
+/**
+ * One raw unary call on a client of its own (no shared subchannel, so no shared backoff):
+ * request bytes in, response bytes or the status out, nothing decoded.
+ */
+export function rawUnary(
+  address: string,
+  path: string,
+  request: Buffer,
+  timeoutMs = 10_000,
+): Promise<{ response?: Buffer; error?: grpc.ServiceError }> {
+  const client = new grpc.Client(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, request, { deadline: Date.now() + timeoutMs }, (error, response) => {
+      client.close();
+      resolve(error ? { error } : { response: response ?? Buffer.alloc(0) });
+    });
+  });
+}
