@@ -6,20 +6,22 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type WebSocket from 'ws';
 import { startPodApp, type PodApp, type PodAppMode } from '../support/apps';
-import { criClient, podConfig, type CriTestClient } from '../support/cri-client';
+import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
 import { rootSkipReason } from '../support/root';
-import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft, hasLogged, serverFds, serverFdsSettled, startServer, type ServerProcess } from '../support/server-process';
 import { randomPayload, sha256 } from '../support/tcp-client';
+import { until } from '../support/until';
 
 const skip = rootSkipReason();
 const NAMESPACE = 'test';
+/** How long the waits on client-node's side may take. */
+const UNTIL = { timeoutMs: 15_000 };
 
 type K8s = typeof import('@kubernetes/client-node', { with: { 'resolution-mode': 'import' } });
 
@@ -95,14 +97,6 @@ async function startProbeApp(netnsPath: string): Promise<ProbeApp> {
   };
 }
 
-async function until(condition: () => boolean, what: string, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`not in time: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 describe('WebSocket port-forward with @kubernetes/client-node through the fake apiserver', { skip }, () => {
   let k8s: K8s;
   let server: ServerProcess;
@@ -115,8 +109,6 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
   const apps: { stop(): Promise<void> }[] = [];
   const sockets: WebSocket[] = [];
   let echo: PodApp;
-
-  const serverFds = (): number => readdirSync(`/proc/${server.proc.pid}/fd`).length;
 
   async function app(mode: PodAppMode): Promise<PodApp> {
     const started = await startPodApp(netns, mode);
@@ -152,10 +144,9 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
       contexts: [{ name: 'fake', cluster: 'fake', user: 'fake', namespace: NAMESPACE }],
       currentContext: 'fake',
     });
-    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('client-node') })).pod_sandbox_id;
-    netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    ({ id: sandboxId, netns } = (await runSandbox(cri, 'client-node')) as { id: string; netns: string });
     echo = await app('echo');
-    fdsAtStart = serverFds();
+    fdsAtStart = serverFds(server);
   });
 
   after(async () => {
@@ -164,8 +155,7 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
     if (api) await api.close();
     if (!server) return;
     // Every WebSocket, channel and pod socket of the server is gone once the clients are.
-    for (let i = 0; i < 50 && serverFds() > fdsAtStart; i++) await new Promise((r) => setTimeout(r, 100));
-    const fds = serverFds();
+    const fds = await serverFdsSettled(server, fdsAtStart);
     for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
     cri.close();
     assert.equal(await server.stop(), 0);
@@ -185,7 +175,7 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
     assert.equal(f.ws.protocol, 'v4.channel.k8s.io');
     const payload = randomPayload(1 << 20);
     for (let offset = 0; offset < payload.length; offset += 64 * 1024) f.input.write(payload.subarray(offset, offset + 64 * 1024));
-    await until(() => f.output.length >= payload.length, 'the 1 MiB echo');
+    await until('the 1 MiB echo', () => f.output.length >= payload.length, UNTIL);
     assert.equal(f.output.length, payload.length);
     assert.equal(sha256(f.output.bytes), sha256(payload));
     assert.equal(f.err.length, 0, 'nothing on the error channel (its 2-byte port prefix is stripped by client-node)');
@@ -223,14 +213,14 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
     assert.equal(ws.protocol, 'v4.channel.k8s.io');
     const bytes = (c: number): Buffer => Buffer.concat(channels.get(c) ?? []);
     const le = (port: number): Buffer => Buffer.from([port & 0xff, port >> 8]);
-    await until(() => [0, 1, 2, 3].every((c) => channels.has(c)), 'the port prefix on all four channels');
+    await until('the port prefix on all four channels', () => [0, 1, 2, 3].every((c) => channels.has(c)), UNTIL);
     assert.deepEqual(channels.get(0)![0], le(echo.port));
     assert.deepEqual(channels.get(1)![0], le(echo.port));
     assert.deepEqual(channels.get(2)![0], le(second.port));
     assert.deepEqual(channels.get(3)![0], le(second.port));
     ws.send(Buffer.concat([Buffer.from([0]), Buffer.from('to the first port')]));
     ws.send(Buffer.concat([Buffer.from([2]), Buffer.from('to the second port')]));
-    await until(() => bytes(0).length === 2 + 17 && bytes(2).length === 2 + 18, 'both echoes');
+    await until('both echoes', () => bytes(0).length === 2 + 17 && bytes(2).length === 2 + 18, UNTIL);
     assert.equal(bytes(0).subarray(2).toString(), 'to the first port');
     assert.equal(bytes(2).subarray(2).toString(), 'to the second port');
     assert.equal(bytes(1).length, 2);
@@ -257,10 +247,10 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
     apps.push(probe);
     const first = await clientForward(probe.port);
     first.input.write('before the end');
-    await until(() => first.output.length === 14, 'the echo');
+    await until('the echo', () => first.output.length === 14, UNTIL);
     first.input.end();
     assert.equal((await first.closed).code, 1005);
-    await until(() => probe.events.some((e) => e.id === 1 && (e.event === 'end' || e.event === 'error')), 'the app sees its connection end');
+    await until('the app sees its connection end', () => probe.events.some((e) => e.id === 1 && (e.event === 'end' || e.event === 'error')), UNTIL);
     assert.deepEqual(
       probe.events.filter((e) => e.id === 1 && e.event !== 'open'),
       [{ id: 1, event: 'end', bytes: 14 }],
@@ -269,20 +259,22 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
 
     const next = await clientForward(probe.port);
     next.input.write('again');
-    await until(() => next.output.length === 5, 'the second echo');
+    await until('the second echo', () => next.output.length === 5, UNTIL);
     assert.equal(next.output.bytes.toString(), 'again');
     next.input.end();
     assert.equal((await next.closed).code, 1005);
-    await until(() => probe.events.some((e) => e.id === 2 && e.event === 'end'), 'the second EOF');
+    await until('the second EOF', () => probe.events.some((e) => e.id === 2 && e.event === 'end'), UNTIL);
   });
 
   it('an app that answers only after EOF gets nothing back: client-node cannot half-close over v4', async () => {
     const answer = await app('answer-after-eof');
     const f = await clientForward(answer.port);
     f.input.write('question');
-    await new Promise((r) => setTimeout(r, 200));
+    // The question goes out only once the server has connected to the app.
+    await until('the forward to the app to start', () => hasLogged(server, { msg: 'forward started', port: answer.port }), UNTIL);
     f.input.end(); // no half-close in v4: this closes the whole WebSocket
     assert.equal((await f.closed).code, 1005);
+    // Time is the test here: no answer turns up in the 200 ms after the close.
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(f.output.length, 0);
   });
@@ -295,15 +287,12 @@ describe('WebSocket port-forward with @kubernetes/client-node through the fake a
     assert.equal(closed.reason, '');
     assert.equal(f.err.length, 0, 'nothing written to err');
     assert.equal(f.output.length, 0);
-    await until(
-      () => server.logs.some((l) => l.msg === 'forward failed: dial' && l.reason === 'refused' && l.port === refused),
-      'the refused dial logged',
-    );
+    await until('the refused dial logged', () => hasLogged(server, { msg: 'forward failed: dial', reason: 'refused', port: refused }), UNTIL);
     f.input.end();
 
     const next = await clientForward(echo.port);
     next.input.write('still works');
-    await until(() => next.output.length === 11, 'the echo after a refused port');
+    await until('the echo after a refused port', () => next.output.length === 11, UNTIL);
     assert.equal(next.output.bytes.toString(), 'still works');
     next.input.end();
     await next.closed;

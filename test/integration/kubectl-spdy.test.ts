@@ -7,23 +7,29 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { PodApp } from '../support/apps';
 import type { KubectlPortForward } from '../support/kubectl';
-import { app, assertSandboxRemovalEndsKubectl, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
+import { app, assertNextConnectionEndsKubectl, assertSandboxRemovalEndsKubectl, endWorld, exitsWithin, kubectl, metric, sandbox, world, type World } from '../support/kubectl-world';
 import { rootSkipReason } from '../support/root';
-import { collect, dial, downloadIntact, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+import { hasLogged } from '../support/server-process';
+import { collect, dial, downloadIntact, queuedBytes, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
+import { until, untilSteady } from '../support/until';
 
 const skip = rootSkipReason();
 const GiB = 2 ** 30;
+const IDLE_TIMEOUT_MS = 8_000;
+const IDLE_TIMEOUT = ['--stream-idle-timeout', `${IDLE_TIMEOUT_MS / 1000}s`];
 
 describe('kubectl port-forward over SPDY', { skip }, () => {
   let w: World;
   let pod: { id: string; netns: string | null };
   let forward: KubectlPortForward;
   const local: Record<string, number> = {};
+  /** The apps' ports inside the sandbox. */
+  const remote: Record<string, number> = {};
   let unusedPort = 0;
   let ignoring: PodApp;
 
   before(async () => {
-    w = await world(['--stream-idle-timeout', '8s']);
+    w = await world(IDLE_TIMEOUT);
     pod = await sandbox(w, 'web');
     const apps = {
       echo: await app(w, pod.netns, 'echo'),
@@ -39,6 +45,7 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
     const names = [...Object.keys(apps), 'unused'];
     forward = await kubectl(w, pod.id, [...Object.values(apps).map((a) => a.port), unusedPort]);
     names.forEach((name, i) => (local[name] = forward.localPorts[i]!));
+    for (const [name, a] of Object.entries(apps)) remote[name] = a.port;
   });
 
   after(() => endWorld(w));
@@ -83,7 +90,8 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
     const socket = await dial(local.flood!);
     await new Promise<void>((resolve) => socket.once('data', () => resolve()));
     socket.destroy();
-    await new Promise((r) => setTimeout(r, 200));
+    // The server has ended that connection (the only one to the flood app) and lives on.
+    await until('the server to end the dropped connection', () => hasLogged(w.server, { msg: 'forward ended', port: remote.flood }));
     assert.equal((await roundTrip(local.echo!, Buffer.from('next'))).toString(), 'next');
   });
 
@@ -96,13 +104,17 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
     const stalled = await dial(local.ignore!);
     stalled.on('error', () => undefined);
     stalled.write(Buffer.alloc(512 * 1024));
-    await new Promise((r) => setTimeout(r, 300));
+    // The 512 KiB have come through kubectl and the session and sit, unread, at the app.
+    const unread = (): number => queuedBytes(pod.netns, remote.ignore!);
+    await until('bytes to reach the stalled app', () => unread() > 0);
+    await untilSteady('the bytes to the stalled app to stop moving', unread, { intervalMs: 50 });
     assert.equal((await roundTrip(local.echo!, Buffer.from('not stalled'))).toString(), 'not stalled');
     // Far past the bound: the session stops reading kubectl, so memory stays flat.
     const before = rss();
     const chunk = Buffer.alloc(1 << 20);
     for (let i = 0; i < 64; i++) stalled.write(chunk);
-    await new Promise((r) => setTimeout(r, 1500));
+    // Until kubectl stops taking bytes from the client: the stall has reached it.
+    await untilSteady('the stalled client to stop draining', () => stalled.writableLength, { quietMs: 500, timeoutMs: 30_000 });
     const grown = rss() - before;
     assert.ok(grown < 48 * 1024 * 1024, `server RSS grew ${grown} bytes`);
     stalled.destroy();
@@ -114,7 +126,7 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
 describe('kubectl port-forward over SPDY: session-wide cases', { skip }, () => {
   let w: World;
   before(async () => {
-    w = await world(['--stream-idle-timeout', '8s']);
+    w = await world(IDLE_TIMEOUT);
   });
   after(() => endWorld(w));
 
@@ -130,7 +142,10 @@ describe('kubectl port-forward over SPDY: session-wide cases', { skip }, () => {
     const echo = await app(w, pod.netns, 'echo');
     const forward = await kubectl(w, pod.id, [echo.port]);
     assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('1'))).toString(), '1');
-    await new Promise((r) => setTimeout(r, 20_000)); // > 2x the 8 s idle timeout
+    // Time is the test here: the session must outlive twice the idle timeout with no data.
+    await new Promise((r) => setTimeout(r, 2 * IDLE_TIMEOUT_MS));
+    // kubectl PINGs every 5 s: by now at least 3 have been answered.
+    await until('3 PINGs answered', async () => (await metric(w, 'cri_portforward_spdy_pings_total')) >= 3);
     assert.equal(await exitsWithin(forward, 10), 'still running');
     assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('2'))).toString(), '2');
     assert.ok((await metric(w, 'cri_portforward_spdy_pings_total')) >= 3);
@@ -149,12 +164,6 @@ describe('kubectl port-forward over SPDY with --refused-dial=error', { skip }, (
   it('reports the refused dial as upstream does: the error text, and kubectl exits', async () => {
     const pod = await sandbox(w, 'strict');
     const forward = await kubectl(w, pod.id, [1]);
-    const socket = await dial(forward.localPorts[0]!);
-    void collect(socket);
-    const code = await exitsWithin(forward, 10_000);
-    socket.destroy();
-    assert.notEqual(code, 'still running');
-    assert.notEqual(code, 0);
-    assert.match(forward.stderr(), /failed to connect to localhost:1 inside namespace/);
+    await assertNextConnectionEndsKubectl(forward, /failed to connect to localhost:1 inside namespace/);
   });
 });

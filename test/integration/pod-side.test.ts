@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readlinkSync, rmSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
@@ -13,9 +13,12 @@ import { DialError, Forwarder } from '../../src/netns/forwarder';
 import { EmbeddedSandboxStore } from '../../src/sandbox/embedded';
 import { POD_BULK_READ_BUFFER_BYTES, POD_WRITE_HIGH_WATER_MARK } from '../../src/pipe';
 import { startPodApp, type PodApp } from '../support/apps';
+import { dialMany, runEmbeddedSandbox } from '../support/embedded';
+import { mountsUnder } from '../support/mounts';
 import { PipeHarness } from '../support/pipe-harness';
 import { rootSkipReason } from '../support/root';
-import { makeTempDir, mountsUnder } from '../support/server-process';
+import { makeTempDir } from '../support/server-process';
+import { until, untilSteady } from '../support/until';
 
 const skip = rootSkipReason();
 
@@ -65,13 +68,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     store = await EmbeddedSandboxStore.open(`${dir}/state`, log);
     forwarder = new Forwarder(store);
     harness = await PipeHarness.start();
-    const record = await store.run({
-      metadata: { name: 'pod', namespace: 'test', uid: 'u', attempt: 0 },
-      labels: {},
-      annotations: {},
-      runtimeHandler: '',
-      networkMode: 'POD',
-    });
+    const record = await runEmbeddedSandbox(store, 'pod');
     sandboxId = record.id;
     netnsPath = record.netnsPath!;
   });
@@ -89,7 +86,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     rmSync(dir, { recursive: true, force: true });
     assert.deepEqual(leftovers, [], 'no namespace left mounted');
     // Let the last sockets finish closing before counting descriptors.
-    await new Promise((r) => setTimeout(r, 100));
+    await until('the last sockets to close', () => fdCount() <= fdsAtStart, { timeoutMs: 5_000 }).catch(() => undefined);
     assert.equal(fdCount(), fdsAtStart, 'no fd left open');
   });
 
@@ -134,13 +131,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
   });
 
   it('reaches an app on the host loopback for a host-network sandbox', async () => {
-    const host = await store.run({
-      metadata: { name: 'host', namespace: 'test', uid: 'h', attempt: 0 },
-      labels: {},
-      annotations: {},
-      runtimeHandler: '',
-      networkMode: 'NODE',
-    });
+    const host = await runEmbeddedSandbox(store, 'host', 'NODE');
     const onHost = await app(null, 'echo', '127.0.0.1');
     const forwarded = await harness.forward(forwarder, host.id, onHost.port);
     assert.equal((await echoRoundTrip(forwarded, Buffer.from('host'))).toString(), 'host');
@@ -148,13 +139,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
   });
 
   it('says the namespace is closed when the sandbox was removed, or its namespace vanished', async () => {
-    const gone = await store.run({
-      metadata: { name: 'gone', namespace: 'test', uid: 'g', attempt: 0 },
-      labels: {},
-      annotations: {},
-      runtimeHandler: '',
-      networkMode: 'POD',
-    });
+    const gone = await runEmbeddedSandbox(store, 'gone');
     // Vanished: the bind mount is gone but the record says READY (what a reboot leaves).
     execFileSync('umount', [gone.netnsPath!]);
     const vanished = await forwarder.open(gone.id, 80).catch((e: unknown) => e as DialError);
@@ -171,19 +156,10 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
   it('leaves every thread in the host namespace and no fd open after 10 000 dials', async () => {
     const echo = await app(netnsPath, 'echo', '127.0.0.1');
     const hostNs = readlinkSync('/proc/self/ns/net');
-    await new Promise((r) => setTimeout(r, 50));
-    const fdsBefore = fdCount();
-    let next = 0;
+    // Earlier tests' sockets may still be closing: count once the number holds still.
+    const fdsBefore = await untilSteady('the fd count to settle', fdCount, { quietMs: 100 });
     // 8 dials in flight keep every libuv worker thread busy with setns.
-    await Promise.all(
-      Array.from({ length: 8 }, async () => {
-        while (next++ < 10_000) {
-          const socket = new Socket({ fd: await forwarder.open(sandboxId, echo.port) });
-          socket.destroy();
-          await once(socket, 'close');
-        }
-      }),
-    );
+    await dialMany(forwarder, sandboxId, echo.port, 10_000, 8);
     assert.deepEqual([...threadNamespaces()], [hostNs]);
     assert.equal(fdCount(), fdsBefore);
   });
@@ -238,10 +214,13 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     const flood = await app(netnsPath, 'flood');
     const forwarded = await harness.forward(forwarder, sandboxId, flood.port);
     forwarded.client.pause();
-    await new Promise((r) => setTimeout(r, 500));
+    // Until the flow towards the paused client has stopped: the kernel buffers are full.
+    const { clientSide } = forwarded;
+    await untilSteady('the flow to the paused client to stop', () => [clientSide.bytesWritten, clientSide.writableLength]);
     const held = forwarded.clientSide.writableLength + forwarded.pod.readableLength;
     assert.ok(held <= POD_BULK_READ_BUFFER_BYTES, `pod -> client holds ${held} bytes`);
     const before = forwarded.clientSide.bytesWritten;
+    // Time is the test here: nothing moves for 200 ms, the pod side has stopped reading.
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(forwarded.clientSide.bytesWritten, before, 'the pod side stopped reading');
     forwarded.client.destroy();
@@ -258,7 +237,9 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     };
     forwarded.client.on('drain', pump);
     pump();
-    await new Promise((r) => setTimeout(r, 500));
+    // Until the flow from the client has stopped: the deaf app's buffers are full.
+    const { client, clientSide, pod } = forwarded;
+    await untilSteady('the flow to the deaf app to stop', () => [accepted, client.writableLength, clientSide.bytesRead, pod.writableLength]);
     const held = forwarded.pod.writableLength + forwarded.clientSide.readableLength;
     // The queue on the pod socket, one client chunk, and the client's paused readable buffer.
     assert.ok(held <= POD_WRITE_HIGH_WATER_MARK + 2 * 64 * 1024 + 16 * 1024, `client -> pod holds ${held} bytes`);

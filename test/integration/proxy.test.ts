@@ -8,101 +8,91 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { startPodApp, type PodApp } from '../support/apps';
-import { criClient, grpcError, podConfig, type CriTestClient } from '../support/cri-client';
+import { criClient, grpcError, podConfig, runSandbox } from '../support/cri-client';
+import { startProxy, stopProxy, type ProxiedCri } from '../support/proxy';
 import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { until } from '../support/until';
+import { channelBytes, openChannels } from '../support/ws-client';
 
 const skip = rootSkipReason();
 
 describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
   let upstream: ServerProcess;
-  let proxy: ServerProcess;
-  let viaProxy: CriTestClient;
-  let direct: CriTestClient;
+  let p: ProxiedCri;
   const apps: PodApp[] = [];
 
   before(async () => {
     upstream = await startServer();
-    proxy = await startServer({ args: ['--upstream', upstream.criAddress] });
-    viaProxy = criClient(proxy.criAddress);
-    direct = criClient(upstream.criAddress);
+    p = await startProxy(upstream.criAddress);
   });
 
   after(async () => {
     for (const a of apps) await a.stop();
-    viaProxy?.close();
-    direct?.close();
-    for (const s of [proxy, upstream]) {
-      if (!s) continue;
-      assert.equal(await s.stop(), 0);
-      cleanUpAndAssertNothingLeft(s, s.dir);
-    }
+    await stopProxy(p);
+    if (!upstream) return;
+    assert.equal(await upstream.stop(), 0);
+    cleanUpAndAssertNothingLeft(upstream, upstream.dir);
   });
 
   it('passes sandbox RPCs through unchanged', async () => {
-    assert.deepEqual(await viaProxy.call('Version', {}), await direct.call('Version', {}));
-    const { pod_sandbox_id: id } = await viaProxy.call('RunPodSandbox', { config: podConfig('proxied') });
-    const through = await viaProxy.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
-    const straight = await direct.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
+    assert.deepEqual(await p.viaProxy.call('Version', {}), await p.direct.call('Version', {}));
+    const { pod_sandbox_id: id } = await p.viaProxy.call('RunPodSandbox', { config: podConfig('proxied') });
+    const through = await p.viaProxy.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
+    const straight = await p.direct.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
     delete through.timestamp;
     delete straight.timestamp;
     assert.deepEqual(through, straight);
-    assert.deepEqual(await viaProxy.call('ListPodSandbox', {}), await direct.call('ListPodSandbox', {}));
-    await viaProxy.call('StopPodSandbox', { pod_sandbox_id: id });
-    assert.equal((await direct.call('PodSandboxStatus', { pod_sandbox_id: id })).status.state, 'SANDBOX_NOTREADY');
-    await viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
-    assert.deepEqual((await direct.call('ListPodSandbox', {})).items, []);
+    assert.deepEqual(await p.viaProxy.call('ListPodSandbox', {}), await p.direct.call('ListPodSandbox', {}));
+    await p.viaProxy.call('StopPodSandbox', { pod_sandbox_id: id });
+    assert.equal((await p.direct.call('PodSandboxStatus', { pod_sandbox_id: id })).status.state, 'SANDBOX_NOTREADY');
+    await p.viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
+    assert.deepEqual((await p.direct.call('ListPodSandbox', {})).items, []);
   });
 
   it('passes error statuses and unknown methods through with their code and message', async () => {
-    const notFound = await grpcError(viaProxy.call('PodSandboxStatus', { pod_sandbox_id: 'nope' }));
+    const notFound = await grpcError(p.viaProxy.call('PodSandboxStatus', { pod_sandbox_id: 'nope' }));
     assert.equal(notFound.code, status.NOT_FOUND);
-    assert.equal(notFound.details, (await grpcError(direct.call('PodSandboxStatus', { pod_sandbox_id: 'nope' }))).details);
-    const unknown = await viaProxy.callRaw('/runtime.v1.RuntimeService/SomeMethodOfNextYear');
+    assert.equal(notFound.details, (await grpcError(p.direct.call('PodSandboxStatus', { pod_sandbox_id: 'nope' }))).details);
+    const unknown = await p.viaProxy.callRaw('/runtime.v1.RuntimeService/SomeMethodOfNextYear');
     assert.equal(unknown?.code, status.UNIMPLEMENTED);
     assert.match(unknown!.details, /SomeMethodOfNextYear/);
   });
 
   it('answers PortForward itself: validation, upstream resolution, our URL', async () => {
-    const { pod_sandbox_id: id } = await viaProxy.call('RunPodSandbox', { config: podConfig('pf-proxied') });
-    const { url } = await viaProxy.call('PortForward', { pod_sandbox_id: id, port: [8080] });
-    assert.ok(url.startsWith(`${proxy.streamBaseUrl}/portforward/`), url);
-    assert.equal((await grpcError(viaProxy.call('PortForward', { pod_sandbox_id: '', port: [] }))).code, status.INVALID_ARGUMENT);
-    assert.equal((await grpcError(viaProxy.call('PortForward', { pod_sandbox_id: 'f'.repeat(64), port: [] }))).code, status.NOT_FOUND);
-    await viaProxy.call('StopPodSandbox', { pod_sandbox_id: id });
-    assert.equal((await grpcError(viaProxy.call('PortForward', { pod_sandbox_id: id, port: [] }))).code, status.FAILED_PRECONDITION);
-    await viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
+    const { pod_sandbox_id: id } = await p.viaProxy.call('RunPodSandbox', { config: podConfig('pf-proxied') });
+    const { url } = await p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [8080] });
+    assert.ok(url.startsWith(`${p.proxy.streamBaseUrl}/portforward/`), url);
+    assert.equal((await grpcError(p.viaProxy.call('PortForward', { pod_sandbox_id: '', port: [] }))).code, status.INVALID_ARGUMENT);
+    assert.equal((await grpcError(p.viaProxy.call('PortForward', { pod_sandbox_id: 'f'.repeat(64), port: [] }))).code, status.NOT_FOUND);
+    await p.viaProxy.call('StopPodSandbox', { pod_sandbox_id: id });
+    assert.equal((await grpcError(p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [] }))).code, status.FAILED_PRECONDITION);
+    await p.viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
   });
 
   it('forwards through our streaming server into the upstream sandbox namespace', async () => {
-    const { pod_sandbox_id: id } = await viaProxy.call('RunPodSandbox', { config: podConfig('pf-echo') });
-    const netns = JSON.parse((await viaProxy.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath;
+    const { id, netns } = await runSandbox(p.viaProxy, 'pf-echo');
     const echo = await startPodApp(netns, 'echo');
     apps.push(echo);
-    const { url } = await viaProxy.call('PortForward', { pod_sandbox_id: id, port: [echo.port] });
-    const WebSocket = (await import('ws')).default;
-    const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v4.channel.k8s.io']);
-    const received: Buffer[] = [];
-    ws.on('message', (d: Buffer) => d[0] === 0 && received.push(d.subarray(1)));
-    await new Promise((resolve) => ws.once('open', resolve));
-    ws.send(Buffer.from([0, ...Buffer.from('through the proxy')]));
-    const deadline = Date.now() + 5000;
-    while (Buffer.concat(received).length < 2 + 17 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assert.equal(Buffer.concat(received).subarray(2).toString(), 'through the proxy');
-    ws.close(1000);
-    await viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
+    const { url } = await p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [echo.port] });
+    const o = await openChannels(url, ['v4.channel.k8s.io']);
+    o.ws.send(Buffer.from([0, ...Buffer.from('through the proxy')]));
+    await until('the echo through the proxy', () => channelBytes(o, 0).length >= 2 + 17, { timeoutMs: 5000 });
+    assert.equal(channelBytes(o, 0).subarray(2).toString(), 'through the proxy');
+    o.ws.close(1000);
+    await p.viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
   });
 
   it('answers UNAVAILABLE naming the upstream while it is down, and recovers when it is back', async () => {
     const upstreamDir = upstream.dir;
     assert.equal(await upstream.stop(), 0);
-    const down = await grpcError(viaProxy.call('Version', {}));
+    const down = await grpcError(p.viaProxy.call('Version', {}));
     assert.equal(down.code, status.UNAVAILABLE);
     assert.ok(down.details.includes(upstream.criAddress), down.details);
     upstream = await startServer({ dir: upstreamDir });
-    direct.close();
-    direct = criClient(upstream.criAddress);
-    assert.equal((await viaProxy.call('Version', {})).runtime_name, 'cri-portforward');
+    p.direct.close();
+    p.direct = criClient(upstream.criAddress);
+    assert.equal((await p.viaProxy.call('Version', {})).runtime_name, 'cri-portforward');
   });
 });
 

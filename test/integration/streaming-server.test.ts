@@ -8,10 +8,10 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
-import { cleanUpAndAssertNothingLeft, makeTempDir, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft, makeTempDir, serverMetric, startServer, type ServerProcess } from '../support/server-process';
+import { until } from '../support/until';
 
 interface Reply {
   status: number;
@@ -102,8 +102,12 @@ describe('streaming server', () => {
   });
 
   it('answers 404 for an expired token', async () => {
+    const expiredBefore = await serverMetric(server, 'cri_portforward_tokens_expired_total');
     const url = await portForwardUrl();
-    await sleep(450);
+    // The server's purge (once per TTL) counts the token expired: every other token so far was redeemed.
+    await until('the token to expire', async () => (await serverMetric(server, 'cri_portforward_tokens_expired_total')) > expiredBefore, {
+      intervalMs: 50,
+    });
     const reply = await request(url);
     assert.equal(reply.status, 404);
     assert.match(reply.body, /expired/);

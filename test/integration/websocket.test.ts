@@ -6,54 +6,14 @@ import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { startPodApp, type PodApp } from '../support/apps';
-import { criClient, podConfig, type CriTestClient } from '../support/cri-client';
+import { criClient, podConfig, runSandbox, type CriTestClient } from '../support/cri-client';
 import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
 import { randomPayload, sha256 } from '../support/tcp-client';
+import { until } from '../support/until';
+import { channelBytes, openChannels as open } from '../support/ws-client';
 
 const skip = rootSkipReason();
-
-interface Opened {
-  ws: WebSocket;
-  /** Messages per channel, in arrival order (binary payload without the channel byte). */
-  channels: Map<number, Buffer[]>;
-  closed: Promise<{ code: number; reason: string }>;
-}
-
-function open(url: string, protocols: string[]): Promise<Opened> {
-  const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols);
-  const channels = new Map<number, Buffer[]>();
-  ws.on('message', (data: Buffer, isBinary: boolean) => {
-    const channel = isBinary ? data[0]! : data[0]! - 48;
-    const payload = isBinary ? data.subarray(1) : Buffer.from(data.toString('latin1', 1), 'base64');
-    if (!channels.has(channel)) channels.set(channel, []);
-    channels.get(channel)!.push(payload);
-  });
-  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
-    ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })),
-  );
-  return new Promise((resolve, reject) => {
-    ws.once('open', () => resolve({ ws, channels, closed }));
-    ws.once('unexpected-response', (_req, res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${body.trim()}`)));
-    });
-    ws.once('error', reject);
-  });
-}
-
-function channelBytes(o: Opened, channel: number): Buffer {
-  return Buffer.concat(o.channels.get(channel) ?? []);
-}
-
-async function until(condition: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('WebSocket port-forward (raw ws client)', { skip }, () => {
   let server: ServerProcess;
@@ -69,8 +29,8 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
   before(async () => {
     server = await startServer();
     cri = criClient(server.criAddress);
-    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('ws') })).pod_sandbox_id;
-    const netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    const { id, netns } = await runSandbox(cri, 'ws');
+    sandboxId = id;
     echo = await startPodApp(netns, 'echo');
     answer = await startPodApp(netns, 'answer-after-eof');
     apps.push(echo, answer);
@@ -90,7 +50,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
       const o = await open(await url([echo.port, answer.port]), [protocol]);
       assert.equal(o.ws.protocol, protocol);
       const le = (port: number): Buffer => Buffer.from([port & 0xff, port >> 8]);
-      await until(() => [0, 1, 2, 3].every((c) => o.channels.has(c)));
+      await until('the port prefix on all four channels', () => [0, 1, 2, 3].every((c) => o.channels.has(c)));
       assert.deepEqual(o.channels.get(0)![0], le(echo.port));
       assert.deepEqual(o.channels.get(1)![0], le(echo.port));
       assert.deepEqual(o.channels.get(2)![0], le(answer.port));
@@ -98,7 +58,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
       const payload = Buffer.from('hello through the channel');
       if (protocol.includes('base64')) o.ws.send('0' + payload.toString('base64'));
       else o.ws.send(Buffer.concat([Buffer.from([0]), payload]));
-      await until(() => channelBytes(o, 0).length === 2 + payload.length);
+      await until('the echo', () => channelBytes(o, 0).length === 2 + payload.length);
       assert.deepEqual(channelBytes(o, 0).subarray(2), payload);
       o.ws.close(1000);
       assert.equal((await o.closed).code, 1000);
@@ -109,9 +69,9 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
     const o = await open(await url([echo.port]), ['v4.base64.channel.k8s.io']);
     const raw: string[] = [];
     o.ws.on('message', (data: Buffer) => raw.push(data.toString('latin1')));
-    await until(() => o.channels.has(1));
+    await until('the port prefix on the error channel', () => o.channels.has(1));
     o.ws.send('0' + Buffer.from([0xfb, 0xff]).toString('base64')); // "+/8=": the non-url-safe alphabet
-    await until(() => raw.some((m) => m.startsWith('0') && m !== '0' + Buffer.from([echo.port & 0xff, echo.port >> 8]).toString('base64')));
+    await until('the base64 echo', () => raw.some((m) => m.startsWith('0') && m !== '0' + Buffer.from([echo.port & 0xff, echo.port >> 8]).toString('base64')));
     assert.ok(raw.includes('0+/8='), JSON.stringify(raw));
     o.ws.close(1000);
     await o.closed;
@@ -120,11 +80,11 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
   it('carries 64 MiB each way intact (binary)', async () => {
     const o = await open(await url([echo.port]), ['v4.channel.k8s.io']);
     const payload = randomPayload(64 << 20);
-    await until(() => o.channels.has(0));
+    await until('the port prefix on the data channel', () => o.channels.has(0));
     for (let offset = 0; offset < payload.length; offset += 1 << 20) {
       o.ws.send(Buffer.concat([Buffer.from([0]), payload.subarray(offset, offset + (1 << 20))]));
     }
-    await until(() => channelBytes(o, 0).length === 2 + payload.length, 60_000);
+    await until('the 64 MiB echo', () => channelBytes(o, 0).length === 2 + payload.length, { timeoutMs: 60_000 });
     assert.equal(sha256(channelBytes(o, 0).subarray(2)), sha256(payload));
     o.ws.close(1000);
     await o.closed;
@@ -132,7 +92,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
 
   it('closes the WebSocket normally once the app has closed its side (forwards over)', async () => {
     const o = await open(await url([answer.port]), ['v4.channel.k8s.io']);
-    await until(() => o.channels.has(0));
+    await until('the port prefix on the data channel', () => o.channels.has(0));
     // No half-close in v4: the app answers only at EOF, so close our side via the socket.
     o.ws.close(1000);
     assert.equal((await o.closed).code, 1000);
@@ -144,7 +104,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
     await o.closed;
     const again = await open(await url([echo.port]), ['v4.channel.k8s.io']);
     again.ws.send(Buffer.from([0, 0x41]));
-    await until(() => channelBytes(again, 0).length === 3);
+    await until('the echo on the next WebSocket', () => channelBytes(again, 0).length === 3);
     again.ws.close(1000);
     await again.closed;
   });
@@ -171,7 +131,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
     ];
     for (const [protocol, send, code, reason] of cases) {
       const o = await open(await url([echo.port]), [protocol]);
-      await until(() => o.channels.has(1));
+      await until('the port prefix on the error channel', () => o.channels.has(1));
       send(o.ws);
       const closed = await o.closed;
       assert.equal(closed.code, code, `${protocol}: ${reason}`);
@@ -191,7 +151,7 @@ describe('WebSocket port-forward (raw ws client)', { skip }, () => {
   it('answers with no subprotocol when none was offered (binary, as upstream)', async () => {
     const o = await open(await url([echo.port]), []);
     assert.equal(o.ws.protocol, '');
-    await until(() => o.channels.has(1));
+    await until('the port prefix on the error channel', () => o.channels.has(1));
     o.ws.close(1000);
     await once(o.ws, 'close');
   });
@@ -206,8 +166,8 @@ describe('WebSocket keepalive', { skip }, () => {
   before(async () => {
     server = await startServer({ args: ['--websocket-ping-interval', '200ms', '--stream-idle-timeout', '1s'] });
     cri = criClient(server.criAddress);
-    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('ws-ping') })).pod_sandbox_id;
-    const netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    const { id, netns } = await runSandbox(cri, 'ws-ping');
+    sandboxId = id;
     echo = await startPodApp(netns, 'echo');
   });
 
@@ -225,6 +185,7 @@ describe('WebSocket keepalive', { skip }, () => {
     const o = await open(url, ['v4.channel.k8s.io']);
     let pings = 0;
     o.ws.on('ping', () => pings++);
+    // Time is the test here: the ping rate over 2 s, and outliving the 1 s idle timeout.
     await new Promise((r) => setTimeout(r, 2000));
     assert.ok(pings >= 5, `${pings} pings in 2 s`);
     assert.equal(o.ws.readyState, WebSocket.OPEN);

@@ -3,12 +3,11 @@
 // checks that the server's fds are back to their count at start.
 
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
 import { startPodApp, type PodApp, type PodAppMode } from './apps';
-import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from './cri-client';
+import { criClient, runSandbox, type CriTestClient } from './cri-client';
 import { FakeApiServer } from './fake-apiserver';
 import { startPortForward, type KubectlPortForward } from './kubectl';
-import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from './server-process';
+import { cleanUpAndAssertNothingLeft, serverFds, serverFdsSettled, serverMetric, startServer, type ServerProcess } from './server-process';
 import { collect, dial, roundTrip } from './tcp-client';
 
 export interface World {
@@ -33,14 +32,9 @@ export async function world(args: string[] = [], websocket = false): Promise<Wor
   return { server, fdsAtStart, cri, api, kubeconfig: api.kubeconfig(server.dir), apps: [], forwards: [], websocket };
 }
 
-function serverFds(server: ServerProcess): number {
-  return readdirSync(`/proc/${server.proc.pid}/fd`).length;
-}
-
 /** Every session, stream and pod socket of the server is gone once the clients are. */
 async function assertServerFdsBack(w: World): Promise<void> {
-  for (let i = 0; i < 50 && serverFds(w.server) > w.fdsAtStart; i++) await new Promise((r) => setTimeout(r, 100));
-  assert.equal(serverFds(w.server), w.fdsAtStart, 'server fds back to their count at start');
+  assert.equal(await serverFdsSettled(w.server, w.fdsAtStart), w.fdsAtStart, 'server fds back to their count at start');
 }
 
 export async function endWorld(w: World | undefined): Promise<void> {
@@ -55,10 +49,8 @@ export async function endWorld(w: World | undefined): Promise<void> {
   cleanUpAndAssertNothingLeft(w.server, w.server.dir);
 }
 
-export async function sandbox(w: World, name: string, hostNetwork = false): Promise<{ id: string; netns: string | null }> {
-  const id = (await w.cri.call('RunPodSandbox', { config: podConfig(name, hostNetwork ? HOST_NETWORK : {}) })).pod_sandbox_id;
-  const info = JSON.parse((await w.cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
-  return { id, netns: info.netnsPath || null };
+export function sandbox(w: World, name: string, hostNetwork = false): Promise<{ id: string; netns: string | null }> {
+  return runSandbox(w.cri, name, hostNetwork);
 }
 
 export async function app(w: World, netns: string | null, mode: PodAppMode, host = '127.0.0.1'): Promise<PodApp> {
@@ -78,16 +70,20 @@ export async function kubectl(w: World, pod: string, remotePorts: number[]): Pro
   return forward;
 }
 
-export async function metric(w: World, name: string): Promise<number> {
-  const res = await fetch(`${w.server.streamBaseUrl}/metrics`);
-  const line = (await res.text()).split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
-  return line === undefined ? 0 : Number(line.split(' ').pop());
+export function metric(w: World, name: string): Promise<number> {
+  return serverMetric(w.server, name);
 }
 
+/**
+ * kubectl's exit code, or 'still running' after `ms`. Not a sleep: with a short `ms` the
+ * time itself is the test ("kubectl does not exit"); with a long one it bounds a wait for
+ * the exit event.
+ */
 export function exitsWithin(forward: KubectlPortForward, ms: number): Promise<number | null | 'still running'> {
-  return Promise.race([forward.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), ms))]);
+  let timer: NodeJS.Timeout | undefined;
+  const running = new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)));
+  return Promise.race([forward.exited, running]).finally(() => clearTimeout(timer));
 }
-
 
 /**
  * Remove a forwarded sandbox mid-session and open one more connection: kubectl must print
@@ -99,11 +95,19 @@ export async function assertSandboxRemovalEndsKubectl(w: World, name: string): P
   const forward = await kubectl(w, pod.id, [echo.port]);
   assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('alive'))).toString(), 'alive');
   await w.cri.call('RemovePodSandbox', { pod_sandbox_id: pod.id });
+  await assertNextConnectionEndsKubectl(
+    forward,
+    new RegExp(`error forwarding port \\d+ to pod ${pod.id}, uid : network namespace for sandbox \\\\?"${pod.id}`),
+  );
+}
+
+/** Open one more connection through kubectl: kubectl must exit non-zero within 10 s, saying `stderr`. */
+export async function assertNextConnectionEndsKubectl(forward: KubectlPortForward, stderr: RegExp): Promise<void> {
   const socket = await dial(forward.localPorts[0]!);
   void collect(socket);
   const code = await exitsWithin(forward, 10_000);
   socket.destroy();
   assert.notEqual(code, 'still running');
   assert.notEqual(code, 0);
-  assert.match(forward.stderr(), new RegExp(`error forwarding port \\d+ to pod ${pod.id}, uid : network namespace for sandbox \\\\?"${pod.id}`));
+  assert.match(forward.stderr(), stderr);
 }

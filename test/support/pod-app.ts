@@ -3,8 +3,8 @@
 //
 // modes: echo (echoes; ends after the client's FIN), answer-after-eof (reads to EOF, then
 // writes 100 bytes and ends), never-close (reads, never ends), reset (writes 1 MiB, then
-// resets), flood (writes forever), ignore (never reads), source:<bytes> (writes that many
-// bytes, then ends), sink (reads to EOF, then ends).
+// resets once the client has sent something), flood (writes forever), ignore (never
+// reads), source:<bytes> (writes that many bytes, then ends), sink (reads to EOF, then ends).
 
 import { createServer, type Socket } from 'node:net';
 import { writeFill } from './tcp-client';
@@ -33,10 +33,18 @@ function serve(socket: Socket): void {
     case 'never-close':
       socket.resume();
       break;
-    case 'reset':
+    case 'reset': {
+      // Mid-transfer: once the 1 MiB is written and the client has spoken.
+      let written = false;
+      let heard = false;
+      const reset = (): void => {
+        if (written && heard) socket.resetAndDestroy();
+      };
+      socket.once('data', () => ((heard = true), reset()));
       socket.resume();
-      socket.write(Buffer.alloc(1 << 20, 'r'), () => setTimeout(() => socket.resetAndDestroy(), 50));
+      socket.write(Buffer.alloc(1 << 20, 'r'), () => ((written = true), reset()));
       break;
+    }
     case 'flood': {
       const chunk = Buffer.alloc(64 * 1024, 'f');
       const more = (): void => {

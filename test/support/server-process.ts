@@ -3,10 +3,12 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { mountsUnder } from './mounts';
+import { until } from './until';
 
 export const CLI_PATH = resolve(__dirname, '..', '..', 'src', 'cli.js');
 
@@ -82,12 +84,32 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
   };
 }
 
-/** Mount points under `dir` that are still mounted (namespaces left behind). */
-export function mountsUnder(dir: string): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((line) => line.split(' ')[4] ?? '')
-    .filter((mountPoint) => mountPoint.startsWith(dir + '/'));
+export function serverFds(server: Pick<ServerProcess, 'proc'>): number {
+  return readdirSync(`/proc/${server.proc.pid}/fd`).length;
+}
+
+/**
+ * Wait until the server has closed what it opened since `fdsAtStart` (its sessions,
+ * streams and pod sockets close once their clients are gone), for at most 5 s; returns
+ * the count then, for the caller to assert on.
+ */
+export async function serverFdsSettled(server: Pick<ServerProcess, 'proc'>, fdsAtStart: number): Promise<number> {
+  await until('the server to close its fds', () => serverFds(server) <= fdsAtStart, { timeoutMs: 5_000, intervalMs: 50 }).catch(
+    () => undefined, // the caller's assertion reports the count
+  );
+  return serverFds(server);
+}
+
+/** One sample of the server's /metrics (the first series of that name, labels included); 0 when absent. */
+export async function serverMetric(server: Pick<ServerProcess, 'streamBaseUrl'>, name: string): Promise<number> {
+  const res = await fetch(`${server.streamBaseUrl}/metrics`);
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
+  return line === undefined ? 0 : Number(line.split(' ').pop());
+}
+
+/** Whether the server has logged a line with these fields (e.g. { msg: 'forward ended', port }). */
+export function hasLogged(server: Pick<ServerProcess, 'logs'>, fields: Record<string, unknown>): boolean {
+  return server.logs.some((l) => Object.entries(fields).every(([k, v]) => l[k] === v));
 }
 
 /**

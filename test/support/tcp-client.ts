@@ -1,5 +1,6 @@
 // Small TCP client helpers for end-to-end tests through a forwarded local port.
 
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 
@@ -76,4 +77,20 @@ export function writeFill(socket: Socket, total: number, fill: string): void {
   };
   socket.on('drain', more);
   more();
+}
+
+/**
+ * Bytes the kernel holds on the TCP connections to or from `port` in a network namespace
+ * (null: this one): Recv-Q (not read yet) plus Send-Q (not acknowledged yet) of both ends,
+ * from `ss`. Shows where a stalled transfer's bytes sit, which no socket event tells.
+ */
+export function queuedBytes(netns: string | null, port: number): number {
+  const ss = ['ss', '-Htn', `( sport = :${port} or dport = :${port} )`];
+  const [cmd, ...args] = netns === null ? ss : ['nsenter', `--net=${netns}`, ...ss];
+  let total = 0;
+  for (const line of execFileSync(cmd!, args, { encoding: 'utf8' }).split('\n')) {
+    const [, recvQ, sendQ] = line.trim().split(/\s+/);
+    if (recvQ !== undefined && sendQ !== undefined) total += Number(recvQ) + Number(sendQ);
+  }
+  return total;
 }
