@@ -4,7 +4,6 @@
 
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { Socket } from 'node:net';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -12,7 +11,9 @@ import { createLogger } from '../src/log';
 import { Forwarder } from '../src/netns/forwarder';
 import { EmbeddedSandboxStore } from '../src/sandbox/embedded';
 import { startPodApp } from '../test/support/apps';
+import { dialMany, runEmbeddedSandbox } from '../test/support/embedded';
 import { makeTempDir } from '../test/support/server-process';
+import { until } from '../test/support/until';
 
 const DIALS = 20_000;
 const DIALS_IN_FLIGHT = 8;
@@ -20,27 +21,12 @@ const DIALS_IN_FLIGHT = 8;
 export async function dialRate(): Promise<number> {
   const dir = makeTempDir('cripf-bench-');
   const store = await EmbeddedSandboxStore.open(join(dir, 'state'), createLogger('error'));
-  const sandbox = await store.run({
-    metadata: { name: 'bench', namespace: 'bench', uid: 'b', attempt: 0 },
-    labels: {},
-    annotations: {},
-    runtimeHandler: '',
-    networkMode: 'POD',
-  });
+  const sandbox = await runEmbeddedSandbox(store, 'bench', 'POD', 'bench');
   const app = await startPodApp(sandbox.netnsPath, 'sink');
   try {
     const forwarder = new Forwarder(store);
-    let next = 0;
     const started = process.hrtime.bigint();
-    await Promise.all(
-      Array.from({ length: DIALS_IN_FLIGHT }, async () => {
-        while (next++ < DIALS) {
-          const socket = new Socket({ fd: await forwarder.open(sandbox.id, app.port) });
-          socket.destroy();
-          await once(socket, 'close');
-        }
-      }),
-    );
+    await dialMany(forwarder, sandbox.id, app.port, DIALS, DIALS_IN_FLIGHT);
     return DIALS / (Number(process.hrtime.bigint() - started) / 1e9);
   } finally {
     await app.stop();
@@ -65,6 +51,15 @@ function firstJsonLine(proc: ReturnType<typeof spawn>): Promise<Record<string, n
     createInterface({ input: proc.stdout! }).once('line', (line) => resolve(JSON.parse(line)));
     proc.once('exit', (code) => reject(new Error(`${proc.spawnfile} exited with ${code} before printing`)));
   });
+}
+
+/** Run load.js against 127.0.0.1:<port>: what it moved and how long it took. */
+export async function runLoad(direction: Direction, port: number, bytes: number): Promise<{ bytes: number; seconds: number }> {
+  const load = spawn(process.execPath, [join(BENCH_DIR, 'load.js'), direction, String(port), String(bytes)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const done = await firstJsonLine(load);
+  return { bytes: Number(done.bytes), seconds: Number(done.seconds) };
 }
 
 function socatAvailable(): boolean {
@@ -103,12 +98,9 @@ export async function transfer(hop: Hop, direction: Direction, bytes: number): P
       });
       await waitForListener(port);
     }
-    const load = spawn(process.execPath, [join(BENCH_DIR, 'load.js'), direction, String(port), String(bytes)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const done = await firstJsonLine(load);
-    if (Number(done.bytes) !== bytes) throw new Error(`${hop} ${direction}: moved ${done.bytes} of ${bytes} bytes`);
-    const result: Transfer = { mbPerSecond: bytes / 1e6 / Number(done.seconds) };
+    const done = await runLoad(direction, port, bytes);
+    if (done.bytes !== bytes) throw new Error(`${hop} ${direction}: moved ${done.bytes} of ${bytes} bytes`);
+    const result: Transfer = { mbPerSecond: bytes / 1e6 / done.seconds };
     if (relayCpu !== undefined) result.cpuPerGiB = (await relayCpu) / (bytes / 2 ** 30);
     return result;
   } finally {
@@ -117,11 +109,8 @@ export async function transfer(hop: Hop, direction: Direction, bytes: number): P
 }
 
 async function waitForListener(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    // Probe with ss rather than a connection: socat without fork serves one connection only.
-    const listening = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '';
-    if (listening) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`socat did not listen on ${port}`);
+  // Probe with ss rather than a connection: socat without fork serves one connection only.
+  await until(`socat to listen on ${port}`, () => execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '', {
+    timeoutMs: 2_000,
+  });
 }

@@ -3,17 +3,14 @@
 // alternating (fresh kubectl per round; medians, these machines are noisy), with each
 // server's CPU per GiB from /proc/<pid>/stat; and the pass-through cost on ListPodSandbox.
 
-import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { startPodApp } from '../test/support/apps';
-import { removeAllSandboxes, startContainerd } from '../test/support/containerd';
-import { criClient, type CriTestClient } from '../test/support/cri-client';
+import { containerdPodConfig, removeAllSandboxes, startContainerd } from '../test/support/containerd';
+import { sandboxNetns, type CriTestClient } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startPortForward } from '../test/support/kubectl';
-import { startServer } from '../test/support/server-process';
-import { cpuSeconds } from './proc';
+import { startProxy, stopProxy } from '../test/support/proxy';
+import { runLoad } from './pod-side';
+import { cpuSeconds, untilCpuQuiet } from './proc';
 
 const ROUNDS = 5;
 const DOWNLOAD_BYTES = 256 * 2 ** 20;
@@ -34,17 +31,10 @@ async function download(api: FakeApiServer, kubeconfigDir: string, pod: string, 
   const forward = await startPortForward({ kubeconfig: api.kubeconfig(kubeconfigDir), pod, ports: [`0:${port}`] });
   try {
     const cpuBefore = cpuSeconds(pid);
-    const load = spawn(process.execPath, [join(__dirname, 'load.js'), 'download', String(forward.localPorts[0]), String(DOWNLOAD_BYTES)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const line = await new Promise<string>((resolve, reject) => {
-      createInterface({ input: load.stdout! }).once('line', resolve);
-      load.once('exit', (code) => reject(new Error(`load exited with ${code}`)));
-    });
-    const done = JSON.parse(line) as { bytes: number; seconds: number };
-    await new Promise((r) => setTimeout(r, 200));
+    const done = await runLoad('download', forward.localPorts[0]!, DOWNLOAD_BYTES);
+    const cpu = (await untilCpuQuiet(pid)) - cpuBefore; // the server has finished the forward
     if (done.bytes !== DOWNLOAD_BYTES) throw new Error(`moved ${done.bytes} of ${DOWNLOAD_BYTES}`);
-    return { mbps: DOWNLOAD_BYTES / 1e6 / done.seconds, cpuPerGiB: (cpuSeconds(pid) - cpuBefore) / (DOWNLOAD_BYTES / 2 ** 30) };
+    return { mbps: DOWNLOAD_BYTES / 1e6 / done.seconds, cpuPerGiB: cpu / (DOWNLOAD_BYTES / 2 ** 30) };
   } finally {
     await forward.stop();
   }
@@ -68,16 +58,13 @@ async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: n
 
 export async function proxyBench(): Promise<ProxyBench> {
   const containerd = await startContainerd();
-  const ours = await startServer({ args: ['--upstream', containerd.address, '--log-level', 'warn'] });
-  const viaProxy = criClient(ours.criAddress);
-  const direct = criClient(containerd.address);
+  const proxied = await startProxy(containerd.address, ['--log-level', 'warn']);
+  const { proxy: ours, viaProxy, direct } = proxied;
   const apiOurs = await FakeApiServer.start({ criAddress: ours.criAddress, namespace: 'bench' });
   const apiContainerd = await FakeApiServer.start({ criAddress: containerd.address, namespace: 'bench' });
   try {
-    const config = { metadata: { name: 'bench', namespace: 'bench', uid: 'bench', attempt: 0 }, log_directory: join(containerd.dir, 'logs'), linux: {} };
-    const id = (await viaProxy.call('RunPodSandbox', { config })).pod_sandbox_id;
-    const info = JSON.parse((await direct.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info);
-    const netns = info.runtimeSpec.linux.namespaces.find((n: { type: string }) => n.type === 'network').path;
+    const id = (await viaProxy.call('RunPodSandbox', { config: containerdPodConfig(containerd, 'bench', 'bench') })).pod_sandbox_id;
+    const netns = await sandboxNetns(direct, id);
     const app = await startPodApp(netns, `source:${DOWNLOAD_BYTES}`);
     const oursRuns = [];
     const containerdRuns = [];
@@ -100,10 +87,7 @@ export async function proxyBench(): Promise<ProxyBench> {
     await apiOurs.close();
     await apiContainerd.close();
     await removeAllSandboxes(containerd.address);
-    viaProxy.close();
-    direct.close();
-    await ours.stop();
-    rmSync(ours.dir, { recursive: true, force: true });
+    await stopProxy(proxied);
     await containerd.stop();
   }
 }

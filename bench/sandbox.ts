@@ -3,7 +3,7 @@
 
 import { rmSync } from 'node:fs';
 import { startPodApp, type PodApp, type PodAppMode } from '../test/support/apps';
-import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from '../test/support/cri-client';
+import { criClient, runSandbox, type CriTestClient } from '../test/support/cri-client';
 import { startServer, type ServerProcess } from '../test/support/server-process';
 
 export interface BenchSandbox {
@@ -18,9 +18,8 @@ export async function startBenchSandbox(mode: PodAppMode): Promise<BenchSandbox>
   const server = await startServer({ args: ['--log-level', 'warn'] });
   const cri = criClient(server.criAddress);
   const root = process.getuid?.() === 0;
-  const sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('bench', root ? {} : HOST_NETWORK) })).pod_sandbox_id;
-  const status = await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true });
-  const app = await startPodApp(root ? JSON.parse(status.info.info).netnsPath : null, mode);
+  const { id: sandboxId, netns } = await runSandbox(cri, 'bench', !root);
+  const app = await startPodApp(netns, mode);
   return {
     server,
     cri,

@@ -4,7 +4,8 @@
 
 import WebSocket from 'ws';
 import type { Direction } from './pod-side';
-import { cpuSeconds } from './proc';
+import { until } from '../test/support/until';
+import { cpuSeconds, untilCpuQuiet } from './proc';
 import { startBenchSandbox } from './sandbox';
 
 export async function websocketTransfer(direction: Direction, bytes: number): Promise<{ mbPerSecond: number; serverCpuPerGiB: number }> {
@@ -28,13 +29,12 @@ export async function websocketTransfer(direction: Direction, bytes: number): Pr
         sent += message.length - 1;
         while (ws.bufferedAmount > 8 << 20) await new Promise((r) => setImmediate(r));
       }
-      while (ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
+      await until('the last message to be sent', () => ws.bufferedAmount === 0, { intervalMs: 1, timeoutMs: 60_000 });
       ws.close(1000);
     }
     await new Promise((resolve) => ws.once('close', resolve));
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    await new Promise((r) => setTimeout(r, 200));
-    const cpu = cpuSeconds(server.proc.pid!) - cpuBefore;
+    const cpu = (await untilCpuQuiet(server.proc.pid!)) - cpuBefore; // the server has finished the forward
     if (direction === 'download' && received !== bytes + 2) throw new Error(`websocket download: ${received - 2} of ${bytes} bytes`);
     return { mbPerSecond: bytes / 1e6 / seconds, serverCpuPerGiB: cpu / (bytes / 2 ** 30) };
   } finally {
