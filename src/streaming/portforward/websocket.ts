@@ -131,6 +131,10 @@ class ChannelSession implements ChannelOwner {
     const forwards = grant.ports.map((port, i) => {
       const data = new ChannelStream(ws, 2 * i, this.encoding, this);
       const error = new ChannelStream(ws, 2 * i + 1, this.encoding, this);
+      // A client that vanishes fails the channels' writes (EPIPE from ws). The pipe hears it
+      // on the data channel while it runs; before it starts (the port prefix, the dial) and
+      // on the error channel, the WebSocket's own close ends everything.
+      data.on('error', () => undefined);
       error.on('error', () => undefined);
       this.#data.push(data);
       this.#errors.push(error);
