@@ -3,14 +3,13 @@
 // however much traffic another channel of the same WebSocket sees.
 
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import WebSocket from 'ws';
 import { startPodApp, type PodApp } from '../support/apps';
-import { criClient, podConfig, type CriTestClient } from '../support/cri-client';
+import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
 import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { openChannels } from '../support/ws-client';
 
 const skip = rootSkipReason();
 
@@ -36,8 +35,8 @@ describe('WebSocket port-forward: one stalled channel', { skip }, () => {
   before(async () => {
     server = await startServer();
     cri = criClient(server.criAddress);
-    sandboxId = (await cri.call('RunPodSandbox', { config: podConfig('ws-stall') })).pod_sandbox_id;
-    const netns = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true })).info.info).netnsPath;
+    const { id, netns } = await runSandbox(cri, 'ws-stall');
+    sandboxId = id;
     ignore = await startPodApp(netns, 'ignore');
     sink = await startPodApp(netns, 'sink');
   });
@@ -54,8 +53,7 @@ describe('WebSocket port-forward: one stalled channel', { skip }, () => {
 
   it('is not read past its bound while another channel of the WebSocket is busy', async () => {
     const { url } = await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [ignore.port, sink.port] });
-    const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v4.channel.k8s.io']);
-    await once(ws, 'open');
+    const { ws } = await openChannels(url, ['v4.channel.k8s.io']);
     const rssAtStart = rssBytes(server.proc.pid!);
     const stalled = Buffer.alloc(1 + MESSAGE_BYTES, 's');
     stalled[0] = 0; // data channel of the app that never reads
