@@ -34,7 +34,7 @@ function serve(socket: Socket): void {
       socket.resume();
       break;
     case 'reset': {
-      // Mid-transfer: once the 1 MiB is written and the client has spoken.
+      // Once the 1 MiB is written and the client has spoken (the connection still open).
       let written = false;
       let heard = false;
       const reset = (): void => {
