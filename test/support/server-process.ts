@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -130,4 +130,11 @@ export function cleanUpAndAssertNothingLeft(server: ServerProcess | undefined, d
   }
   rmSync(dir, { recursive: true, force: true });
   assert.deepEqual(leftovers, []);
+}
+
+/** The server's resident memory now and its peak so far (VmRSS and VmHWM of /proc/<pid>/status), in bytes. */
+export function serverMemory(server: Pick<ServerProcess, 'proc'>): { rssBytes: number; peakRssBytes: number } {
+  const status = readFileSync(`/proc/${server.proc.pid}/status`, 'utf8');
+  const kib = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN) * 1024;
+  return { rssBytes: kib('VmRSS'), peakRssBytes: kib('VmHWM') };
 }

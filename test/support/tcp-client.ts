@@ -94,3 +94,26 @@ export function queuedBytes(netns: string | null, port: number): number {
   }
   return total;
 }
+
+/** What came back on a connection and how its reading side ended: the peer's FIN, an error (a reset), or a close with neither. */
+export interface EchoEnding {
+  received: Buffer;
+  endedBy: 'end' | 'error' | 'close';
+  error?: Error;
+}
+
+/** Connect, write `payload` and half-close right after it, then read until the socket ends or fails. */
+export async function echoToEnd(port: number, payload: Buffer): Promise<EchoEnding> {
+  const socket = await dial(port);
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  const ending = new Promise<EchoEnding>((resolve) => {
+    socket.once('end', () => resolve({ received: Buffer.concat(chunks), endedBy: 'end' }));
+    socket.once('error', (error) => resolve({ received: Buffer.concat(chunks), endedBy: 'error', error }));
+    socket.once('close', () => resolve({ received: Buffer.concat(chunks), endedBy: 'close' }));
+  });
+  socket.end(payload);
+  const result = await ending;
+  socket.destroy();
+  return result;
+}
