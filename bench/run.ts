@@ -20,6 +20,7 @@
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
+import { churn, concurrentLoad } from './concurrent-load';
 import { kubectlTransfer } from './kubectl-spdy';
 import { websocketTransfer } from './websocket';
 import { dialRate, transfer, type Direction } from './pod-side';
@@ -143,8 +144,38 @@ async function proxyRows(): Promise<Row[]> {
   ];
 }
 
+const MiB = 2 ** 20;
+
+async function loadRows(): Promise<Row[]> {
+  const rows: Row[] = [];
+  const mib = (bytes: number): number => Math.round(bytes / MiB);
+  for (const burners of [0, 2]) {
+    const run = await concurrentLoad(burners);
+    const s = run.summary;
+    const name = `load: 1000 x 1 MiB at once, ${burners === 0 ? 'no burners' : `${burners} CPU burners`}`;
+    rows.push({ name: `${name}: time`, value: Number(s.seconds.toFixed(2)), unit: 's' });
+    rows.push({ name: `${name}: ended by FIN, every byte back`, value: s.clean, unit: 'conns', goal: '1000' });
+    rows.push({ name: `${name}: reset`, value: s.reset, unit: 'conns', goal: '0' });
+    rows.push({ name: `${name}: bytes lost`, value: s.bytesLost, unit: 'bytes', goal: '0' });
+    rows.push({ name: `${name}: server peak RSS`, value: mib(run.peakRssBytes), unit: 'MiB', goal: '<= 192 (containerd: 220)' });
+    rows.push({ name: `${name}: server RSS at start`, value: mib(run.rssStartBytes), unit: 'MiB' });
+    rows.push({ name: `${name}: server RSS 10 s after`, value: mib(run.rssAfterBytes), unit: 'MiB', goal: `<= ${mib(run.rssStartBytes) + 32} (start + 32)` });
+  }
+  const c = await churn();
+  rows.push({ name: 'load: churn of 10 000 x 1 KiB echo', value: Math.round(c.summary.connections / c.summary.seconds), unit: 'conns/s' });
+  rows.push({ name: 'load: churn ended by FIN, every byte back', value: c.summary.clean, unit: 'conns', goal: '10000' });
+  rows.push({ name: 'load: churn server fds before', value: c.fdsBefore, unit: 'fds' });
+  rows.push({ name: 'load: churn server fds after', value: c.fdsAfter, unit: 'fds', goal: `${c.fdsBefore} (as before)` });
+  rows.push({ name: 'load: churn server RSS before', value: mib(c.rssBeforeBytes), unit: 'MiB' });
+  rows.push({ name: 'load: churn server RSS after', value: mib(c.rssAfterBytes), unit: 'MiB', goal: `<= ${mib(c.rssBeforeBytes) + 32} (before + 32)` });
+  return rows;
+}
+
 async function main(): Promise<void> {
-  const rows: Row[] = [tokenMemory(), await portForwardRate(), ...(await podSideRows()), ...(await proxyRows())];
+  const rows: Row[] =
+    process.argv[2] === 'load'
+      ? await loadRows()
+      : [tokenMemory(), await portForwardRate(), ...(await podSideRows()), ...(await proxyRows()), ...(await loadRows())];
   const width = Math.max(...rows.map((r) => r.name.length));
   process.stdout.write(`${'benchmark'.padEnd(width)}  ${'value'.padStart(10)}  unit       goal\n`);
   for (const r of rows) {
