@@ -1,6 +1,7 @@
 // netns_dial: dial localhost:<port> inside a network namespace, on a libuv worker thread.
 //
 // dialInNetns(netnsPath | null, port, timeoutMs) -> Promise<{ fd, family, ... }>
+// takeSocketError(fd) -> errno (SO_ERROR), see below.
 //
 // The worker thread enters the namespace with setns(CLONE_NEWNET), creates the socket
 // (a socket belongs to the namespace of the thread that creates it, for its whole life),
@@ -233,6 +234,26 @@ static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// takeSocketError(fd) -> errno: the socket's pending error (getsockopt SO_ERROR, which
+// also clears it), 0 if none. libuv reports an RST that arrives behind data still in flight
+// as a plain EOF (a short read, then POLLHUP, and it never reads again), so the pipe asks
+// here whether an EOF from the pod was really a reset.
+static napi_value take_socket_error(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    return throw_type_error(env, "takeSocketError(fd) takes one file descriptor");
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  napi_value result;
+  napi_create_int32(env, err, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   if (home_netns_fd < 0) home_netns_fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (home_netns_fd < 0) {
@@ -242,6 +263,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "dialInNetns", NAPI_AUTO_LENGTH, dial_in_netns, NULL, &fn);
   napi_set_named_property(env, exports, "dialInNetns", fn);
+  napi_create_function(env, "takeSocketError", NAPI_AUTO_LENGTH, take_socket_error, NULL, &fn);
+  napi_set_named_property(env, exports, "takeSocketError", fn);
   return exports;
 }
 

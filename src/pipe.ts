@@ -4,10 +4,16 @@
 // - backpressure both ways: a slow reader pauses its writer;
 // - half-close is propagated: the client's end becomes a FIN to the pod (containerd closes
 //   the pod socket instead), and the pod's end ends the client side;
-// - once the first direction has ended, the other gets `graceMs` to finish (containerd:
-//   1 s), then both sides are destroyed;
+// - once the first direction has ended, the other lives while it moves bytes: it is ended
+//   after `graceMs` (default 1 s, containerd's figure) in which no byte moved and nothing of
+//   ours waited to be written. containerd gives the second direction 1 s from the first
+//   end, however busy it is: on a loaded node that cuts answers still flowing. The expiry is
+//   decided after the event loop's poll phase (setImmediate), so bytes or a FIN that
+//   arrived while our own loop lagged count. It ends both sides cleanly, a FIN each way;
 // - an error on either side (ECONNRESET, EPIPE, a destroyed stream) ends only this pipe:
 //   the other side is destroyed with that error, so the protocol layer can reset its stream.
+//   An app's reset that libuv reports as EOF (it arrived behind data in flight) is found
+//   through SO_ERROR and treated as the reset it is.
 //
 // The pipe owns the pod socket from birth: it is made from the dialled fd in the
 // constructor, because `onread` (below) can only be given when a socket is created.
@@ -28,6 +34,8 @@
 
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { getSystemErrorName } from 'node:util';
+import { addon } from './netns/addon';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
 export const POD_READ_BUFFER_BYTES = 64 * 1024;
@@ -50,7 +58,8 @@ const SHRINK_AFTER_SHORT_READS = 32;
 export const DEFAULT_HALF_CLOSE_GRACE_MS = 1_000;
 
 /**
- * done: both directions ended; grace-expired: the second did not end in time;
+ * done: both directions ended; grace-expired: the second went idle for the grace, and both
+ * sides were ended cleanly;
  * pod-error / client-error: that side failed (reset, broken pipe); client-closed: the
  * client side was closed without an error before both directions ended;
  * closed: close() was called from outside (the session ended).
@@ -69,7 +78,7 @@ export interface PipeResult {
 type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number };
 
 export interface PipeOptions {
-  /** Once one direction has ended, how long the other may go on (default 1 s). */
+  /** Once one direction has ended, how long the other may stay idle (default 1 s). */
   graceMs?: number;
 }
 
@@ -84,6 +93,11 @@ export class Pipe {
   #podDone = false;
   #podReadBlocked = false;
   #podCorked = false;
+  readonly #podFd: number;
+  /** One direction has ended: the other is watched for idleness. */
+  #inGrace = false;
+  /** When a byte last moved in the direction still open (Date.now(), only while in grace). */
+  #lastMovedAt = 0;
   #graceTimer: NodeJS.Timeout | undefined;
   #result: PipeResult | undefined;
   #bytesToPod = 0;
@@ -99,6 +113,7 @@ export class Pipe {
   constructor(client: Duplex, podFd: number, options: PipeOptions = {}) {
     this.#client = client;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
+    this.#podFd = podFd;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     const podOptions: PodSocketOptions = {
       fd: podFd,
@@ -139,6 +154,7 @@ export class Pipe {
   readonly #onPodRead = (nread: number, buffer: Buffer): boolean => {
     if (this.#result !== undefined) return false;
     this.#bytesToClient += nread;
+    if (this.#inGrace) this.#lastMovedAt = Date.now();
     this.#sizePodBuffer(nread, buffer.length);
     const client = this.#client;
     client.write(nread === buffer.length ? buffer : buffer.subarray(0, nread), this.#onClientWritten);
@@ -170,6 +186,11 @@ export class Pipe {
   };
 
   readonly #onPodEnd = (): void => {
+    const errno = addon.takeSocketError(this.#podFd);
+    if (errno !== 0) {
+      this.#finish('pod-error', socketError(errno));
+      return;
+    }
     this.#podDone = true;
     this.#client.end();
     this.#directionEnded();
@@ -179,6 +200,7 @@ export class Pipe {
 
   readonly #onClientData = (chunk: Buffer): void => {
     this.#bytesToPod += chunk.length;
+    if (this.#inGrace) this.#lastMovedAt = Date.now();
     if (!this.#podCorked) {
       this.#podCorked = true;
       this.pod.cork();
@@ -209,14 +231,31 @@ export class Pipe {
     if (this.#result !== undefined) return;
     if (this.#clientDone && this.#podDone) {
       this.#finish('done');
-    } else if (this.#graceTimer === undefined) {
-      this.#graceTimer = setTimeout(this.#onGraceExpired, this.#graceMs);
+    } else if (!this.#inGrace) {
+      this.#inGrace = true;
+      this.#lastMovedAt = Date.now();
+      this.#graceTimer = setTimeout(this.#onGraceTimer, this.#graceMs);
     }
   }
 
-  readonly #onGraceExpired = (): void => {
+  // Not decided here, in the timers phase: I/O that became ready while the loop lagged is
+  // read in the poll phase that follows, and must count.
+  readonly #onGraceTimer = (): void => {
     this.#graceTimer = undefined;
-    this.#finish('grace-expired');
+    setImmediate(this.#checkGrace);
+  };
+
+  readonly #checkGrace = (): void => {
+    if (this.#result !== undefined) return;
+    const now = Date.now();
+    // Bytes of ours still waiting to be written: the direction is busy, not idle.
+    if (this.#client.writableLength > 0 || this.#podReadBlocked || this.pod.writableLength > 0) this.#lastMovedAt = now;
+    const idleMs = now - this.#lastMovedAt;
+    if (idleMs >= this.#graceMs) {
+      this.#finish('grace-expired');
+    } else {
+      this.#graceTimer = setTimeout(this.#onGraceTimer, this.#graceMs - idleMs);
+    }
   };
 
   readonly #onPodError = (err: Error): void => this.#finish('pod-error', err);
@@ -237,7 +276,13 @@ export class Pipe {
     if (error !== undefined) this.#result.error = error;
     if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
     this.#graceTimer = undefined;
-    if (outcome !== 'done') {
+    if (outcome === 'grace-expired') {
+      this.#endCleanly();
+    } else if (outcome === 'client-closed') {
+      // The client is gone without an error: what it sent is still delivered, then FIN.
+      this.pod.end();
+      this.pod.destroySoon();
+    } else if (outcome !== 'done') {
       // The side that failed is passed the other's error, so a protocol layer can tell a
       // reset (pod-error: the client stream is destroyed with the pod's error) from a close.
       this.pod.destroy();
@@ -246,4 +291,25 @@ export class Pipe {
     }
     this.#resolveDone(this.#result);
   }
+
+  // An idle connection is ended, not reset: a FIN each way, as if both had ended. What the
+  // client still sends has nowhere to go and is dropped; the client side itself stays with
+  // its protocol (a SPDY stream closes when the peer's FIN comes, or with its session).
+  #endCleanly(): void {
+    const client = this.#client;
+    client.off('data', this.#onClientData);
+    client.resume();
+    if (!client.writableEnded) client.end();
+    this.pod.end();
+    this.pod.destroySoon();
+  }
+}
+
+function socketError(errno: number): NodeJS.ErrnoException {
+  const code = getSystemErrorName(-errno);
+  const err: NodeJS.ErrnoException = new Error(`read ${code}`);
+  err.code = code;
+  err.errno = -errno;
+  err.syscall = 'read';
+  return err;
 }

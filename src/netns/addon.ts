@@ -20,6 +20,8 @@ export interface RawDialResult {
 
 interface NetnsAddon {
   dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<RawDialResult>;
+  /** The socket's pending error (SO_ERROR, cleared by reading it): 0 if none. */
+  takeSocketError(fd: number): number;
 }
 
 const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'netns_dial.node');

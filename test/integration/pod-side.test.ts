@@ -182,8 +182,10 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     ] as const) {
       const forwarded = await harness.forward(forwarder, sandboxId, stubborn.port, graceMs);
       const closed = once(forwarded.client, 'close');
+      const ended = once(forwarded.client, 'end');
+      let clientError: Error | undefined;
       forwarded.client.on('data', () => undefined);
-      forwarded.client.on('error', () => undefined);
+      forwarded.client.on('error', (err) => (clientError = err));
       const started = Date.now();
       forwarded.client.end('bye');
       const result = await forwarded.result;
@@ -191,6 +193,58 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
       const elapsed = Date.now() - started;
       assert.equal(result.outcome, 'grace-expired');
       assert.ok(elapsed >= min && elapsed <= max, `closed after ${elapsed} ms (grace ${graceMs ?? 'default'})`);
+      // Ended cleanly: a FIN, not a reset.
+      await ended;
+      assert.equal(clientError, undefined);
+    }
+  });
+
+  it('keeps the second direction past the grace while it still moves bytes', async () => {
+    // After the client's FIN the app answers 6 bytes, one every 400 ms: 2.4 s, past a 1 s
+    // grace counted from the first end, never 1 s idle.
+    const slow = await app(netnsPath, 'trickle-after-eof:6:400');
+    const forwarded = await harness.forward(forwarder, sandboxId, slow.port);
+    const answer = await echoRoundTrip(forwarded, Buffer.from('question'));
+    assert.equal(answer.toString(), 'tttttt');
+    const result = await forwarded.result;
+    assert.equal(result.outcome, 'done');
+  });
+
+  it('does not let its own event-loop lag cut an answer that has arrived', async () => {
+    // The app answers 200 ms after the client's FIN: while this process is blocked.
+    const answering = await app(netnsPath, 'trickle-after-eof:1:200');
+    const forwarded = await harness.forward(forwarder, sandboxId, answering.port);
+    const received = readAll(forwarded.client);
+    forwarded.client.end('abc');
+    // Once the pipe has seen the client's end (its grace runs), block this event loop for
+    // longer than the grace: the app's answer and FIN wait in the kernel meanwhile. Blocked
+    // in the check phase, so that the next loop turn runs the (overdue) timers before it
+    // polls for that answer.
+    await until('the pipe to pass the FIN on to the app', () => forwarded.pod.writableEnded);
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        const blockedUntil = Date.now() + 1_500;
+        while (Date.now() < blockedUntil);
+        resolve();
+      }),
+    );
+    assert.equal((await received).toString(), 't');
+    assert.equal((await forwarded.result).outcome, 'done');
+  });
+
+  it("passes on an app's reset as a reset even when it overtakes data in flight", async () => {
+    // The app resets as soon as the client speaks, with data still on the way: libuv then
+    // reports a plain EOF, which the pipe must not take for the app's FIN.
+    const resetting = await app(netnsPath, 'reset');
+    for (let i = 0; i < 10; i++) {
+      const forwarded = await harness.forward(forwarder, sandboxId, resetting.port);
+      forwarded.client.on('data', () => undefined);
+      forwarded.client.on('error', () => undefined);
+      forwarded.client.write('go');
+      const result = await forwarded.result;
+      assert.equal(result.outcome, 'pod-error', `connection ${i}: ${result.outcome} after ${result.bytesToClient} bytes`);
+      assert.equal((result.error as NodeJS.ErrnoException).code, 'ECONNRESET');
+      assert.ok(forwarded.clientSide.destroyed);
     }
   });
 

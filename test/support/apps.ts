@@ -21,7 +21,8 @@ export type PodAppMode =
   | 'flood'
   | 'ignore'
   | 'sink'
-  | `source:${number}`;
+  | `source:${number}`
+  | `trickle-after-eof:${number}:${number}`;
 
 export async function startPodApp(
   netnsPath: string | null,

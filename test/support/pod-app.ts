@@ -4,7 +4,8 @@
 // modes: echo (echoes; ends after the client's FIN), answer-after-eof (reads to EOF, then
 // writes 100 bytes and ends), never-close (reads, never ends), reset (writes 1 MiB, then
 // resets once the client has sent something), flood (writes forever), ignore (never
-// reads), source:<bytes> (writes that many bytes, then ends), sink (reads to EOF, then ends).
+// reads), source:<bytes> (writes that many bytes, then ends), sink (reads to EOF, then ends),
+// trickle-after-eof:<count>:<ms> (after EOF, writes <count> bytes one every <ms>, then ends).
 
 import { createServer, type Socket } from 'node:net';
 import { writeFill } from './tcp-client';
@@ -13,6 +14,22 @@ const [mode, host, portText] = process.argv.slice(2);
 
 function serve(socket: Socket): void {
   socket.on('error', () => undefined);
+  if (mode?.startsWith('trickle-after-eof:')) {
+    // After the client's FIN: `count` bytes, one every `everyMs`, then FIN. A slow answer.
+    const [count, everyMs] = mode.split(':').slice(1).map(Number) as [number, number];
+    socket.resume();
+    socket.on('end', () => {
+      let sent = 0;
+      const timer = setInterval(() => {
+        socket.write('t');
+        if (++sent === count) {
+          clearInterval(timer);
+          socket.end();
+        }
+      }, everyMs);
+    });
+    return;
+  }
   if (mode?.startsWith('source:')) {
     socket.resume();
     writeFill(socket, Number(mode.slice('source:'.length)), 's');
