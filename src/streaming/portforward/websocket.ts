@@ -202,7 +202,13 @@ class ChannelSession implements ChannelOwner {
     this.deps.metrics.sessionsActive.dec({ protocol: 'websocket' });
     // A client close is the end of what the client sends (v4 has no other way to say it,
     // and upstream reads it as EOF): the pod gets everything already received, then FIN.
-    for (const stream of this.#data) if (!stream.destroyed) stream.push(null);
+    // Nothing can reach the client any more, so once its bytes are taken the channel goes
+    // (the pipe then ends the pod side cleanly instead of reading it for nobody).
+    for (const stream of this.#data) {
+      if (stream.destroyed) continue;
+      stream.once('end', () => stream.destroy());
+      stream.push(null);
+    }
     for (const stream of this.#errors) stream.destroy();
     setTimeout(() => this.ws.terminate(), CLOSE_LINGER_MS).unref();
   }
