@@ -68,7 +68,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'tls-key', value: 'file', default: undefined, help: 'PEM private key for --tls-cert' },
   { name: 'token-ttl', value: 'duration', default: '1m', help: 'how long a PortForward URL stays redeemable (e.g. 30s, 1m, 1m30s)' },
   { name: 'max-inflight-tokens', value: 'n', default: String(DEFAULT_MAX_INFLIGHT_TOKENS), help: 'PortForward URLs issued and not yet redeemed; beyond it PortForward answers RESOURCE_EXHAUSTED' },
-  { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may go on before both are closed (containerd: 1s)' },
+  { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may stay idle (no byte moved) before both are ended with a FIN (containerd: 1s from the first end, busy or not)' },
   { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
   { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
   { name: 'stream-creation-timeout', value: 'duration', default: '30s', help: 'a SPDY forwarded connection whose error and data streams have not both arrived by then is dropped (upstream: 30s)' },
