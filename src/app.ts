@@ -45,6 +45,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     idleTimeoutMs: config.streamIdleTimeoutMs,
     pingIntervalMs: config.websocketPingIntervalMs,
     streamCreationTimeoutMs: config.streamCreationTimeoutMs,
+    streamStallTimeoutMs: config.streamStallTimeoutMs,
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,

@@ -42,6 +42,8 @@ export interface Config {
   streamCreationTimeoutMs: number;
   /** Ping an idle port-forward WebSocket this often (keeps proxies from dropping it). */
   websocketPingIntervalMs: number;
+  /** A SPDY stream holding a full receive buffer without progress this long is reset. */
+  streamStallTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -72,6 +74,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
   { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
   { name: 'stream-creation-timeout', value: 'duration', default: '30s', help: 'a SPDY forwarded connection whose error and data streams have not both arrived by then is dropped (upstream: 30s)' },
+  { name: 'stream-stall-timeout', value: 'duration', default: '2m', help: 'a SPDY stream whose app has not taken a byte of its full receive buffer for this long is reset, so that the other streams of its session flow again (SPDY has no per-stream flow control)' },
   { name: 'websocket-ping-interval', value: 'duration', default: '30s', help: 'ping an idle port-forward WebSocket this often, so proxies on the way keep it open' },
   { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
 ];
@@ -110,6 +113,7 @@ export function buildConfig(flags: RawFlags): Config {
     refusedDial: parseRefusedDial(get('refused-dial') ?? ''),
     streamCreationTimeoutMs: positiveDuration('stream-creation-timeout', get('stream-creation-timeout') ?? ''),
     websocketPingIntervalMs: positiveDuration('websocket-ping-interval', get('websocket-ping-interval') ?? ''),
+    streamStallTimeoutMs: positiveDuration('stream-stall-timeout', get('stream-stall-timeout') ?? ''),
   };
 }
 

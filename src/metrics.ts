@@ -19,6 +19,7 @@ export interface Metrics {
   readonly dialErrors: Counter<'reason'>;
   readonly forwardedBytes: Counter<'direction'>;
   readonly spdyPings: Counter;
+  readonly streamStallResets: Counter;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
 }
@@ -103,6 +104,11 @@ export function createMetrics(): Metrics {
     spdyPings: new Counter({
       name: 'cri_portforward_spdy_pings_total',
       help: 'SPDY PINGs from clients answered (kubectl sends one every 5 s).',
+      registers: [registry],
+    }),
+    streamStallResets: new Counter({
+      name: 'cri_portforward_stream_stall_resets_total',
+      help: 'SPDY streams reset because they held a full receive buffer without progress for --stream-stall-timeout.',
       registers: [registry],
     }),
     observeSandboxes(count) {

@@ -23,6 +23,8 @@ export interface ForwardDeps {
   idleTimeoutMs: number;
   /** SPDY: an error and a data stream must both arrive within this (upstream: 30 s). */
   streamCreationTimeoutMs: number;
+  /** SPDY: a stream holding a full receive buffer without progress this long is reset. */
+  streamStallTimeoutMs: number;
   /** WebSocket keepalive: ping an idle WebSocket this often. */
   pingIntervalMs: number;
 }

@@ -47,6 +47,8 @@ export class SpdyPortForwardSession {
       log: deps.log.child({ sandboxId: grant.sandboxId, protocol }),
       onStream: (stream) => this.#onStream(stream),
       onPing: () => deps.metrics.spdyPings.inc(),
+      stallTimeoutMs: deps.streamStallTimeoutMs,
+      onStallReset: () => deps.metrics.streamStallResets.inc(),
     });
     deps.metrics.sessionsActive.inc({ protocol });
     deps.metrics.sessionsTotal.inc({ protocol });

@@ -34,6 +34,14 @@ export interface SpdySessionOptions {
   log: Logger;
   /** Called for every PING we echo (a metric; kubectl pings every 5 s). */
   onPing?: () => void;
+  /**
+   * A stream that holds a full receive buffer (the connection is not read meanwhile) and
+   * whose reader takes nothing for this long is reset, so that the session flows again.
+   * Unset: never.
+   */
+  stallTimeoutMs?: number;
+  /** Called for every stream reset for stalling (a metric). */
+  onStallReset?: () => void;
 }
 
 export type SessionEndReason = 'peer-goaway' | 'transport-closed' | 'idle' | 'protocol-error' | 'closed';
@@ -56,6 +64,9 @@ export class SpdySession implements FrameSink, StreamOwner {
    * is paused once the parser's small queue fills.
    */
   #waitingFor: 'inflate' | SpdyStream | undefined;
+  /** While a stream holds the parser: the stall check, and what it held when last checked. */
+  #stallTimer: NodeJS.Timeout | undefined;
+  #stallHeld = 0;
   /** We paused the transport because the parser's queue is full. */
   #transportPaused = false;
   #lastPeerStreamId = 0;
@@ -318,13 +329,47 @@ export class SpdySession implements FrameSink, StreamOwner {
   #wait(reason: 'inflate' | SpdyStream): void {
     this.#waitingFor = reason;
     this.#parser.pause();
+    if (reason !== 'inflate' && this.#options.stallTimeoutMs !== undefined) {
+      this.#stallHeld = reason.readableLength;
+      this.#stallTimer = setTimeout(this.#checkStall, this.#options.stallTimeoutMs);
+    }
   }
 
   #stopWaiting(reason: 'inflate' | SpdyStream): void {
     if (this.#waitingFor !== reason) return;
     this.#waitingFor = undefined;
+    this.#clearStallTimer();
     this.#parser.resume();
   }
+
+  #clearStallTimer(): void {
+    if (this.#stallTimer === undefined) return;
+    clearTimeout(this.#stallTimer);
+    this.#stallTimer = undefined;
+  }
+
+  // No per-stream flow control in SPDY: a stream whose app never reads would hold the whole
+  // session (head-of-line) for as long as the app lives. Progress (its reader took bytes,
+  // even without getting under the bound) earns it another period; none, and it is reset.
+  readonly #checkStall = (): void => {
+    this.#stallTimer = undefined;
+    const stream = this.#waitingFor;
+    if (stream === undefined || stream === 'inflate') return;
+    const held = stream.readableLength;
+    if (held < this.#stallHeld) {
+      this.#stallHeld = held;
+      this.#stallTimer = setTimeout(this.#checkStall, this.#options.stallTimeoutMs);
+      return;
+    }
+    this.#options.log.warn('resetting a SPDY stream that made no progress with a full receive buffer', {
+      streamId: stream.id,
+      heldBytes: held,
+      stallTimeoutMs: this.#options.stallTimeoutMs,
+    });
+    this.#options.onStallReset?.();
+    // With an error, so the pipe destroys the pod side too (its app is not reading).
+    stream.destroy(new Error(`stream stalled for ${this.#options.stallTimeoutMs} ms with ${held} bytes unread`));
+  };
 
   // ---- endings ----------------------------------------------------------------------
 
@@ -369,6 +414,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#decoder.close();
     this.#parser.destroy(); // stops handing out frames, even of the chunk being parsed
     this.#waitingFor = undefined;
+    this.#clearStallTimer();
     this.#resumeTransport(); // read on (and drop) so that the peer's close is seen
     const gone = new Error(`SPDY session ended (${reason})`);
     for (const stream of [...this.#streams.values()]) stream.destroy(gone);
