@@ -280,8 +280,7 @@ export class Pipe {
       this.#endCleanly();
     } else if (outcome === 'client-closed') {
       // The client is gone without an error: what it sent is still delivered, then FIN.
-      this.pod.end();
-      this.pod.destroySoon();
+      this.#endPodSoon();
     } else if (outcome !== 'done') {
       // The side that failed is passed the other's error, so a protocol layer can tell a
       // reset (pod-error: the client stream is destroyed with the pod's error) from a close.
@@ -300,8 +299,16 @@ export class Pipe {
     client.off('data', this.#onClientData);
     client.resume();
     if (!client.writableEnded) client.end();
-    this.pod.end();
-    this.pod.destroySoon();
+    this.#endPodSoon();
+  }
+
+  // FIN after what is queued for the app, then close. An app that does not take what is
+  // queued gets the grace, then the socket is destroyed: the pipe has ended, nobody waits.
+  #endPodSoon(): void {
+    const pod = this.pod;
+    pod.end();
+    pod.destroySoon();
+    if (!pod.destroyed) setTimeout(() => pod.destroy(), this.#graceMs).unref();
   }
 }
 
