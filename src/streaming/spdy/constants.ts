@@ -54,5 +54,9 @@ export const MAX_COMPRESSED_HEADER_BLOCK_BYTES = 64 * 1024;
 export const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
 /** Headers per block; port-forward streams carry three. */
 export const MAX_HEADER_COUNT = 128;
-/** Streams open at once on one session; more are refused (RST REFUSED_STREAM). */
-export const MAX_CONCURRENT_STREAMS = 1000;
+/**
+ * Streams open at once on one session; more are refused (RST REFUSED_STREAM). A forwarded
+ * connection holds two (its error stream stays open until the forward ends): 1000
+ * connections at once per kubectl.
+ */
+export const MAX_CONCURRENT_STREAMS = 2000;
