@@ -3,6 +3,9 @@
 // streaming server answers HTTP with its own statuses (streaming/server.ts): no CriError
 // reaches it, and a failed forward is told by its verdict (streaming/portforward/verdict.ts).
 
+/** Client input quoted in an error message: at most this many characters, then '…'. */
+export const QUOTE_MAX_CHARS = 128;
+
 export type ErrorKind =
   | 'invalid-argument'
   | 'not-found'
@@ -34,4 +37,19 @@ export const resourceExhausted = (message: string): CriError => new CriError('re
 
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Client input as an error message may quote it: at most `max` characters, cut with '…'.
+ * Every message that names an id, a name or a filter value a client sent goes through it.
+ */
+export function clip(text: string, max = QUOTE_MAX_CHARS): string {
+  if (text.length <= max) return text;
+  // Never cut a surrogate pair in half: the message would not be valid UTF-16.
+  const end = isHighSurrogate(text.charCodeAt(max - 1)) ? max - 1 : max;
+  return `${text.slice(0, end)}…`;
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }

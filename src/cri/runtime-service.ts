@@ -11,13 +11,14 @@ import type {
   RunPodSandboxRequestMsg,
   StatusRequestMsg,
 } from '../cri-api';
-import { invalidArgument, notFound } from '../errors';
+import { clip, invalidArgument, notFound } from '../errors';
 import type { Logger } from '../log';
 import { PACKAGE_VERSION } from '../package-info';
 import type { EmbeddedSandboxStore } from '../sandbox/embedded';
 import type { SandboxRecord, SandboxState } from '../sandbox/types';
 import type { TokenCache } from '../streaming/tokens';
 import { toServiceError } from './grpc-status';
+import { checkAnnotations, checkId, checkLabels, checkName } from './input-limits';
 import { issuePortForward } from './portforward';
 
 export const RUNTIME_NAME = 'cri-portforward';
@@ -78,12 +79,15 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
       if (config === null || config.metadata === null) {
         throw invalidArgument('RunPodSandbox: config.metadata is required');
       }
+      checkName('config.metadata.name', config.metadata.name);
+      checkName('config.metadata.namespace', config.metadata.namespace);
+      checkName('config.metadata.uid', config.metadata.uid);
       const network = config.linux?.security_context?.namespace_options?.network ?? 'POD';
       const record = await store.run({
         metadata: { ...config.metadata },
-        labels: config.labels,
-        annotations: config.annotations,
-        runtimeHandler: req.runtime_handler,
+        labels: checkLabels('config.labels', config.labels),
+        annotations: checkAnnotations('config.annotations', config.annotations),
+        runtimeHandler: checkName('runtime_handler', req.runtime_handler),
         networkMode: network === 'NODE' ? 'NODE' : 'POD',
       });
       return { pod_sandbox_id: record.id };
@@ -101,7 +105,7 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
 
     PodSandboxStatus: unary<PodSandboxStatusRequestMsg>('PodSandboxStatus', log, (req) => {
       const record = store.get(requireSandboxId(req.pod_sandbox_id));
-      if (record === undefined) throw notFound(`sandbox ${req.pod_sandbox_id} not found`);
+      if (record === undefined) throw notFound(`sandbox ${clip(req.pod_sandbox_id)} not found`);
       return {
         status: sandboxStatus(record),
         info: req.verbose ? { info: verboseInfo(record) } : {},
@@ -112,6 +116,10 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
 
     ListPodSandbox: unary<ListPodSandboxRequestMsg>('ListPodSandbox', log, (req) => {
       const filter = req.filter;
+      if (filter !== null) {
+        checkId('filter.id', filter.id);
+        checkLabels('filter.label_selector', filter.label_selector);
+      }
       const items = store.list({
         id: filter?.id || undefined,
         state: (filter?.state?.state as SandboxState | undefined) ?? undefined,
@@ -127,7 +135,7 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
 }
 
 function requireSandboxId(id: string): string {
-  if (id === '') throw invalidArgument('pod_sandbox_id must not be empty');
+  if (checkId('pod_sandbox_id', id) === '') throw invalidArgument('pod_sandbox_id must not be empty');
   return id;
 }
 

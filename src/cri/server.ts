@@ -4,11 +4,10 @@ import * as grpc from '@grpc/grpc-js';
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { RuntimeServiceDefinition } from '../cri-api';
+import { MESSAGE_MAX_BYTES } from './input-limits';
 import { clearStaleSocket } from './socket-file';
 import { runtimeServiceHandlers, type RuntimeServiceDeps } from './runtime-service';
 
-/** kubelet sends sandbox configs well below this; crictl's default is 16 MiB too. */
-const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** How long a shutdown waits for calls in flight before cancelling them. */
 const SHUTDOWN_GRACE_MS = 2_000;
 
@@ -25,8 +24,10 @@ export class CriServer {
     await fs.mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
     await clearStaleSocket(socketPath);
     const server = new grpc.Server({
-      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-      'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      // Over it, grpc-js answers RESOURCE_EXHAUSTED itself; below it, every field has its
+      // own bound (input-limits.ts), so a 1 MiB id is an INVALID_ARGUMENT of ours.
+      'grpc.max_receive_message_length': MESSAGE_MAX_BYTES,
+      'grpc.max_send_message_length': MESSAGE_MAX_BYTES,
     });
     server.addService(RuntimeServiceDefinition, runtimeServiceHandlers(deps));
     await new Promise<void>((resolve, reject) => {

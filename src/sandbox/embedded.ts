@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { alreadyExists, invalidArgument, notFound, permissionDenied } from '../errors';
+import { alreadyExists, clip, invalidArgument, notFound, permissionDenied } from '../errors';
 import type { Logger } from '../log';
 import { hasSysAdmin } from '../capabilities';
 import { createNetns, isNetnsMounted, removeNetns } from './namespaces';
@@ -77,7 +77,7 @@ export class EmbeddedSandboxStore implements SandboxResolver {
     const existing = [...this.#sandboxes.values()].find((s) => sameMetadata(s.metadata, metadata));
     if (existing !== undefined) {
       throw alreadyExists(
-        `sandbox name ${metadataKey(metadata)} is reserved by sandbox ${existing.id}; remove it first`,
+        `sandbox name ${clip(metadataKey(metadata))} is reserved by sandbox ${existing.id}; remove it first`,
       );
     }
     const id = randomBytes(32).toString('hex');
@@ -118,7 +118,7 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   /** Idempotent; the namespace stays until Remove, as in containerd. */
   async stop(id: string): Promise<void> {
     const record = this.#lookup(id);
-    if (record === undefined) throw notFound(`sandbox ${id} not found`);
+    if (record === undefined) throw notFound(`sandbox ${clip(id)} not found`);
     await this.#exclusive(record.id, async () => {
       if (record.state === 'SANDBOX_NOTREADY') return;
       record.state = 'SANDBOX_NOTREADY';
