@@ -14,11 +14,12 @@ import { RuntimeServiceDefinition, type PortForwardRequestMsg } from '../cri-api
 import { CriError } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './grpc-status';
+import { MESSAGE_MAX_BYTES } from './input-limits';
 import { clearStaleSocket } from './socket-file';
 
 const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
-/** A PortForward request is tiny; anything bigger is not one. */
-const MAX_PORT_FORWARD_REQUEST_BYTES = 64 * 1024;
+/** The 5-byte prefix of a gRPC message: compressed flag, big-endian length. */
+const GRPC_PREFIX_BYTES = 5;
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
 
 export interface CriProxyOptions {
@@ -143,11 +144,13 @@ export class CriProxyServer {
 
   async #portForward(stream: http2.ServerHttp2Stream): Promise<void> {
     try {
-      const body = await readBody(stream, MAX_PORT_FORWARD_REQUEST_BYTES);
-      if (body.length < 5 || body[0] !== 0 || body.readUInt32BE(1) !== body.length - 5) {
+      // Bounded as the embedded server's grpc-js bounds it, so that both modes answer a
+      // request alike: up to the bound, issuePortForward checks each field.
+      const body = await readRequestMessage(stream, MESSAGE_MAX_BYTES);
+      if (body.length < GRPC_PREFIX_BYTES || body[0] !== 0 || body.readUInt32BE(1) !== body.length - GRPC_PREFIX_BYTES) {
         throw new CriError('invalid-argument', 'PortForward: malformed or compressed gRPC message');
       }
-      const request = RuntimeServiceDefinition.PortForward!.requestDeserialize(body.subarray(5)) as PortForwardRequestMsg;
+      const request = RuntimeServiceDefinition.PortForward!.requestDeserialize(body.subarray(GRPC_PREFIX_BYTES)) as PortForwardRequestMsg;
       const response = await this.#options.portForward(request);
       const payload = RuntimeServiceDefinition.PortForward!.responseSerialize(response) as Buffer;
       const frame = Buffer.allocUnsafe(5 + payload.length);
@@ -179,18 +182,35 @@ function percentEncode(message: string): string {
   return message.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
 }
 
-function readBody(stream: http2.ServerHttp2Stream, limit: number): Promise<Buffer> {
+/**
+ * The one message of a unary request, its prefix included. The length it declares is
+ * checked as soon as the prefix is in, before the rest is read; a refused request is
+ * drained, not paused, so that the client can finish sending and read our answer.
+ */
+function readRequestMessage(stream: http2.ServerHttp2Stream, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let refused = false;
+    const refuse = (err: CriError): void => {
+      refused = true;
+      chunks.length = 0;
+      reject(err);
+    };
     stream.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        reject(new CriError('invalid-argument', `PortForward request larger than ${limit} bytes`));
-        stream.pause();
-        return;
-      }
+      if (refused) return;
+      const before = size;
       chunks.push(chunk);
+      size += chunk.length;
+      if (before < GRPC_PREFIX_BYTES && size >= GRPC_PREFIX_BYTES) {
+        const head = chunks[0]!.length >= GRPC_PREFIX_BYTES ? chunks[0]! : Buffer.concat(chunks, size);
+        const declared = head.readUInt32BE(1);
+        if (declared > limit) {
+          refuse(new CriError('resource-exhausted', `PortForward: received message larger than max (${declared} vs. ${limit})`));
+          return;
+        }
+      }
+      if (size > GRPC_PREFIX_BYTES + limit) refuse(new CriError('invalid-argument', 'PortForward: more than one gRPC message'));
     });
     stream.once('end', () => resolve(Buffer.concat(chunks, size)));
     stream.once('error', reject);
