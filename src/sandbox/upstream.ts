@@ -7,7 +7,7 @@
 
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeServiceClient } from '../cri-api';
-import { CriError } from '../errors';
+import { clip, CriError } from '../errors';
 import type { ResolvedSandbox, SandboxResolver } from './types';
 
 /** One status call may not hang a PortForward or a dial for longer than this. */
@@ -47,7 +47,7 @@ export class UpstreamSandboxResolver implements SandboxResolver {
     const hostNetwork = status.linux?.namespaces?.options?.network === 'NODE';
     const netnsPath = hostNetwork ? null : netnsPathFromInfo(res.info['info']);
     if (!hostNetwork && netnsPath === null) {
-      throw new CriError('failed-precondition', `upstream CRI runtime ${this.#target} reports no network namespace for sandbox ${id}`);
+      throw new CriError('failed-precondition', `upstream CRI runtime ${this.#target} reports no network namespace for sandbox ${clip(id)}`);
     }
     return { id: status.id || id, ready: status.state === 'SANDBOX_READY', netnsPath };
   }
