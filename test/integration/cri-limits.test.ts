@@ -2,7 +2,8 @@
 // with INVALID_ARGUMENT naming the field and its length (never its content), an error
 // message quotes at most 128 characters of client input, every such call is answered
 // within a second, and the client's connection stays usable afterwards. Embedded mode, and
-// the PortForward that proxy mode answers itself.
+// the PortForward that proxy mode answers itself. Nothing here needs root: the one sandbox
+// that is created uses the host's network.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -12,8 +13,6 @@ import { QUOTE_MAX_CHARS } from '../../src/errors';
 import { criClient, grpcError, podConfig, type CriTestClient } from '../support/cri-client';
 import { startProxy, stopProxy, type ProxiedCri } from '../support/proxy';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
-
-// Nothing here needs root: no sandbox gets a namespace of its own.
 
 const MIB = 1024 * 1024;
 /** The requirement itself: an answer within a second, not a sleep. */
