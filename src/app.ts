@@ -1,5 +1,6 @@
 // Wires one server together: sandbox store -> tokens -> streaming server -> CRI server.
 
+import { BufferBudget } from './buffer-budget';
 import { hasSysAdmin } from './capabilities';
 import type { Config } from './config';
 import { issuePortForward } from './cri/portforward';
@@ -36,6 +37,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     maxInflight: config.maxInflightTokens,
     metrics,
   });
+  const budget = new BufferBudget(config.maxBufferMemory);
+  metrics.observeBudget(budget);
   const forwardDeps = {
     forwarder: new Forwarder(resolver),
     metrics,
@@ -46,6 +49,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     pingIntervalMs: config.websocketPingIntervalMs,
     streamCreationTimeoutMs: config.streamCreationTimeoutMs,
     streamStallTimeoutMs: config.streamStallTimeoutMs,
+    budget,
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,

@@ -44,6 +44,8 @@ export interface Config {
   websocketPingIntervalMs: number;
   /** A SPDY stream holding a full receive buffer without progress this long is reset. */
   streamStallTimeoutMs: number;
+  /** Bytes all forwarded connections together may hold beyond their base buffers. */
+  maxBufferMemory: number;
 }
 
 export class ConfigError extends Error {
@@ -74,6 +76,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
   { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
   { name: 'stream-creation-timeout', value: 'duration', default: '30s', help: 'a SPDY forwarded connection whose error and data streams have not both arrived by then is dropped (upstream: 30s)' },
+  { name: 'max-buffer-memory', value: 'size', default: '64Mi', help: 'what all forwarded connections together may hold beyond their small base buffers (bulk read buffers, write queues, stream and channel receive buffers); past it they apply backpressure instead of growing (e.g. 64Mi, 512Ki, 1Gi)' },
   { name: 'stream-stall-timeout', value: 'duration', default: '2m', help: 'a SPDY stream whose app has not taken a byte of its full receive buffer for this long is reset, so that the other streams of its session flow again (SPDY has no per-stream flow control)' },
   { name: 'websocket-ping-interval', value: 'duration', default: '30s', help: 'ping an idle port-forward WebSocket this often, so proxies on the way keep it open' },
   { name: 'log-level', value: 'level', default: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
@@ -114,6 +117,7 @@ export function buildConfig(flags: RawFlags): Config {
     streamCreationTimeoutMs: positiveDuration('stream-creation-timeout', get('stream-creation-timeout') ?? ''),
     websocketPingIntervalMs: positiveDuration('websocket-ping-interval', get('websocket-ping-interval') ?? ''),
     streamStallTimeoutMs: positiveDuration('stream-stall-timeout', get('stream-stall-timeout') ?? ''),
+    maxBufferMemory: parseSize('max-buffer-memory', get('max-buffer-memory') ?? ''),
   };
 }
 
@@ -141,6 +145,18 @@ function requirePath(flag: string, value: string | undefined): string {
     throw new ConfigError(`--${flag} must be an absolute path, not "${value ?? ''}"`);
   }
   return value;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3 };
+
+/** A byte count as Kubernetes quantities write it: 67108864, 512Ki, 64Mi, 1Gi. */
+function parseSize(flag: string, value: string): number {
+  const m = /^([0-9]+)(Ki|Mi|Gi)?$/.exec(value);
+  const bytes = m === null ? NaN : Number(m[1]) * SIZE_UNITS[m[2] ?? '']!;
+  if (!(bytes >= 1) || !Number.isSafeInteger(bytes)) {
+    throw new ConfigError(`--${flag} must be a byte count such as 67108864, 512Ki, 64Mi or 1Gi, not "${value}"`);
+  }
+  return bytes;
 }
 
 function parsePositiveInt(flag: string, value: string): number {

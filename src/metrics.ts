@@ -22,12 +22,41 @@ export interface Metrics {
   readonly streamStallResets: Counter;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
+  /** Report the buffer budget (capacity, held, refusals) on every scrape. */
+  observeBudget(budget: { readonly capacity: number; readonly held: number; readonly refusals: number }): void;
 }
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   let countSandboxes: () => Record<string, number> = () => ({});
+  // Read at scrape time: the data path only adds and subtracts, never touches a metric.
+  let budget = { capacity: 0, held: 0, refusals: 0 };
+  new Gauge({
+    name: 'cri_portforward_buffer_budget_bytes',
+    help: 'What forwarded connections may hold beyond their base buffers, all together (--max-buffer-memory).',
+    registers: [registry],
+    collect() {
+      this.set(budget.capacity);
+    },
+  });
+  new Gauge({
+    name: 'cri_portforward_buffer_held_bytes',
+    help: 'Bytes of the buffer budget lent to connections now (bulk read buffers, write queues, receive buffers).',
+    registers: [registry],
+    collect() {
+      this.set(budget.held);
+    },
+  });
+  new Counter({
+    name: 'cri_portforward_buffer_budget_waits_total',
+    help: 'Times a connection was refused growth because the budget was full, and held back instead.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(budget.refusals);
+    },
+  });
   new Gauge({
     name: 'cri_portforward_sandboxes',
     help: 'Sandboxes known to the embedded store, by CRI state.',
@@ -113,6 +142,9 @@ export function createMetrics(): Metrics {
     }),
     observeSandboxes(count) {
       countSandboxes = count;
+    },
+    observeBudget(b) {
+      budget = b;
     },
   };
 }

@@ -35,16 +35,20 @@
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
+import { BudgetedBound, type BufferBudget } from './buffer-budget';
+import { trimMemorySoon } from './memory-trim';
 import { addon } from './netns/addon';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
-export const POD_READ_BUFFER_BYTES = 64 * 1024;
+export const POD_READ_BUFFER_BYTES = 16 * 1024;
 /**
  * The pod read buffer once reads fill the small one: fewer, larger reads and writes halve
  * the CPU per GiB (bench: 1.16 s/GiB with 64 KiB reads, 0.52 with 1 MiB, socat -b1048576
  * 0.35-0.45), at the price of this much memory while a transfer is running.
  */
 export const POD_BULK_READ_BUFFER_BYTES = 1024 * 1024;
+/** A read shorter than this does not look like a bulk transfer. */
+const SHORT_READ_BYTES = 64 * 1024;
 /**
  * Client -> pod bytes queued on the pod socket before the client is paused. Chunks that
  * arrive in one event-loop turn are written together (cork until setImmediate): one
@@ -52,6 +56,8 @@ export const POD_BULK_READ_BUFFER_BYTES = 1024 * 1024;
  * 1.3 s -> 0.85 s). The queue must hold a turn's worth of chunks for that to happen.
  */
 export const POD_WRITE_HIGH_WATER_MARK = 1024 * 1024;
+/** Client -> pod bytes queued before the budget is asked for POD_WRITE_HIGH_WATER_MARK. */
+export const POD_WRITE_BASE_BYTES = 64 * 1024;
 /** Reads shorter than the small buffer in a row before the bulk buffer is given back. */
 const SHRINK_AFTER_SHORT_READS = 32;
 /** containerd's grace for the second direction once the first has ended. */
@@ -80,6 +86,8 @@ type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHi
 export interface PipeOptions {
   /** Once one direction has ended, how long the other may stay idle (default 1 s). */
   graceMs?: number;
+  /** Where the bulk read buffer and the bulk write queue come from; none: always granted. */
+  budget?: BufferBudget;
 }
 
 export class Pipe {
@@ -87,6 +95,10 @@ export class Pipe {
   readonly #graceMs: number;
   #podBuffer = Buffer.allocUnsafe(POD_READ_BUFFER_BYTES);
   #shortReads = 0;
+  /** The pod read buffer's size: small, or bulk while the budget lends it. */
+  readonly #readBound: BudgetedBound;
+  /** Client -> pod bytes queued before the client is paused. */
+  readonly #writeBound: BudgetedBound;
   /** The pod connection, the pipe's from construction (read-only access for tests). */
   readonly pod: Socket;
   #clientDone = false;
@@ -114,13 +126,16 @@ export class Pipe {
     this.#client = client;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
     this.#podFd = podFd;
+    this.#readBound = new BudgetedBound(options.budget, POD_READ_BUFFER_BYTES, POD_BULK_READ_BUFFER_BYTES);
+    this.#writeBound = new BudgetedBound(options.budget, POD_WRITE_BASE_BYTES, POD_WRITE_HIGH_WATER_MARK);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     const podOptions: PodSocketOptions = {
       fd: podFd,
       readable: true,
       writable: true,
       allowHalfOpen: true,
-      writableHighWaterMark: POD_WRITE_HIGH_WATER_MARK,
+      // write() says false past the base; the budget then decides whether to go on.
+      writableHighWaterMark: POD_WRITE_BASE_BYTES,
       onread: { buffer: this.#nextPodBuffer, callback: this.#onPodRead },
     };
     const pod = new Socket(podOptions);
@@ -164,15 +179,19 @@ export class Pipe {
     return false;
   };
 
-  // Grow to the bulk size when a read fills the buffer; give it back after a run of short
-  // reads. The old buffer may still be held by a pending write: it is left to that write.
+  // Grow to the bulk size when a read fills the buffer and the budget lends it; give it back
+  // after a run of short reads. The old buffer may still be held by a pending write: it is
+  // left to that write.
   #sizePodBuffer(nread: number, size: number): void {
     if (nread === size) {
       this.#shortReads = 0;
-      if (size < POD_BULK_READ_BUFFER_BYTES) this.#podBuffer = Buffer.allocUnsafe(POD_BULK_READ_BUFFER_BYTES);
-    } else if (size > POD_READ_BUFFER_BYTES && nread < POD_READ_BUFFER_BYTES) {
+      if (size < POD_BULK_READ_BUFFER_BYTES && this.#readBound.grow()) {
+        this.#podBuffer = Buffer.allocUnsafe(POD_BULK_READ_BUFFER_BYTES);
+      }
+    } else if (size > POD_READ_BUFFER_BYTES && nread < SHORT_READ_BYTES) {
       if (++this.#shortReads >= SHRINK_AFTER_SHORT_READS) {
         this.#shortReads = 0;
+        this.#readBound.release();
         this.#podBuffer = Buffer.allocUnsafe(POD_READ_BUFFER_BYTES);
       }
     }
@@ -206,7 +225,10 @@ export class Pipe {
       this.pod.cork();
       setImmediate(this.#uncorkPod);
     }
-    if (!this.pod.write(chunk)) this.#client.pause();
+    // Past the base queue, go on only while the budget lends the bulk queue and it has room.
+    if (!this.pod.write(chunk) && !(this.#writeBound.grow() && this.pod.writableLength < this.#writeBound.limit)) {
+      this.#client.pause();
+    }
   };
 
   readonly #uncorkPod = (): void => {
@@ -214,7 +236,9 @@ export class Pipe {
     this.pod.uncork();
   };
 
+  // The queue is empty: the bulk allowance goes back until the next burst asks again.
   readonly #onPodDrain = (): void => {
+    this.#writeBound.release();
     this.#client.resume();
   };
 
@@ -276,6 +300,9 @@ export class Pipe {
     if (error !== undefined) this.#result.error = error;
     if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
     this.#graceTimer = undefined;
+    this.#readBound.release();
+    this.#writeBound.release();
+    trimMemorySoon();
     if (outcome === 'grace-expired') {
       this.#endCleanly();
     } else if (outcome === 'client-closed') {

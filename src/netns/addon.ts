@@ -22,6 +22,8 @@ interface NetnsAddon {
   dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<RawDialResult>;
   /** The socket's pending error (SO_ERROR, cleared by reading it): 0 if none. */
   takeSocketError(fd: number): number;
+  /** Give the free pages of malloc's arenas back to the kernel (malloc_trim(0)). */
+  trimMemory(): boolean;
 }
 
 const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'netns_dial.node');

@@ -5,6 +5,7 @@
 // the verdict out.
 
 import type { Duplex } from 'node:stream';
+import type { BufferBudget } from '../../buffer-budget';
 import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
@@ -25,6 +26,8 @@ export interface ForwardDeps {
   streamCreationTimeoutMs: number;
   /** SPDY: a stream holding a full receive buffer without progress this long is reset. */
   streamStallTimeoutMs: number;
+  /** What connections may hold beyond their base buffers, all together (--max-buffer-memory). */
+  budget: BufferBudget;
   /** WebSocket keepalive: ping an idle WebSocket this often. */
   pingIntervalMs: number;
 }
@@ -66,7 +69,7 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
   }
 
   // The pipe owns the pod socket from here, even when it only has to close it.
-  const pipe = new Pipe(client, podFd, { graceMs: deps.halfCloseGraceMs });
+  const pipe = new Pipe(client, podFd, { graceMs: deps.halfCloseGraceMs, budget: deps.budget });
   if (request.isAborted()) {
     pipe.close();
     return PIPED;

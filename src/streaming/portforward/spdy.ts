@@ -49,6 +49,7 @@ export class SpdyPortForwardSession {
       onPing: () => deps.metrics.spdyPings.inc(),
       stallTimeoutMs: deps.streamStallTimeoutMs,
       onStallReset: () => deps.metrics.streamStallResets.inc(),
+      budget: deps.budget,
     });
     deps.metrics.sessionsActive.inc({ protocol });
     deps.metrics.sessionsTotal.inc({ protocol });

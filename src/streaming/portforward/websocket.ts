@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
+import { BudgetedBound } from '../../buffer-budget';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
@@ -25,6 +26,8 @@ import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SP
 
 /** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
 const CHANNEL_RECEIVE_BUFFER_BYTES = 1024 * 1024;
+/** What a channel may hold before the buffer budget is asked for CHANNEL_RECEIVE_BUFFER_BYTES. */
+const CHANNEL_BASE_RECEIVE_BYTES = 64 * 1024;
 /** After our close frame, how long the client gets to answer before the socket is destroyed. */
 const CLOSE_LINGER_MS = 1_000;
 
@@ -43,8 +46,10 @@ class ChannelStream extends Duplex {
     private readonly channel: number,
     private readonly encoding: ChannelEncoding,
     private readonly owner: ChannelOwner,
+    /** How much unread data it may hold before the WebSocket is no longer read. */
+    readonly receiveBound: BudgetedBound,
   ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: CHANNEL_RECEIVE_BUFFER_BYTES });
+    super({ allowHalfOpen: true, readableHighWaterMark: receiveBound.limit });
   }
 
   override _read(): void {
@@ -127,8 +132,8 @@ class ChannelSession implements ChannelOwner {
     ws.on('error', (err) => deps.log.debug('WebSocket error', { err }));
     ws.on('close', () => this.#onClose());
     const forwards = grant.ports.map((port, i) => {
-      const data = new ChannelStream(ws, 2 * i, this.encoding, this);
-      const error = new ChannelStream(ws, 2 * i + 1, this.encoding, this);
+      const data = new ChannelStream(ws, 2 * i, this.encoding, this, this.#receiveBound());
+      const error = new ChannelStream(ws, 2 * i + 1, this.encoding, this, this.#receiveBound());
       // A client that vanishes fails the channels' writes (EPIPE from ws). The pipe hears it
       // on the data channel while it runs; before it starts (the port prefix, the dial) and
       // on the error channel, the WebSocket's own close ends everything.
@@ -141,6 +146,10 @@ class ChannelSession implements ChannelOwner {
       return this.#forward(port, data, error);
     });
     void Promise.all(forwards).then(() => this.#close(CLOSE_NORMAL, ''));
+  }
+
+  #receiveBound(): BudgetedBound {
+    return new BudgetedBound(this.deps.budget, CHANNEL_BASE_RECEIVE_BYTES, CHANNEL_RECEIVE_BUFFER_BYTES);
   }
 
   async #forward(port: number, data: ChannelStream, error: ChannelStream): Promise<void> {
@@ -167,7 +176,10 @@ class ChannelSession implements ChannelOwner {
     const payload = this.#decoder.payload;
     const stream = this.#data[index]!;
     if (payload.length === 0 || stream.destroyed) return;
-    if (!stream.push(payload) && stream.readableLength >= stream.readableHighWaterMark) this.ws.pause();
+    if (!stream.push(payload)) {
+      const bound = stream.receiveBound;
+      if (stream.readableLength >= bound.limit && !(bound.grow() && stream.readableLength < bound.limit)) this.ws.pause();
+    }
   }
 
   // The WebSocket is read again only when no other channel is over its bound: reading it
@@ -175,9 +187,10 @@ class ChannelSession implements ChannelOwner {
   // own buffers, so there is no state to keep in step (a set of stalled channels measured
   // 25% more server CPU per GiB on upload, for reasons not pinned down).
   channelWantsData(channel: ChannelStream): void {
+    channel.receiveBound.release(); // under its base again: the loan goes back
     if (!this.ws.isPaused) return;
     for (const other of this.#data) {
-      if (other !== channel && !other.destroyed && other.readableLength >= other.readableHighWaterMark) return;
+      if (other !== channel && !other.destroyed && other.readableLength >= other.receiveBound.limit) return;
     }
     this.ws.resume();
   }

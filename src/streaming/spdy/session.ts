@@ -10,6 +10,7 @@
 // connection is no longer read until that stream is read.
 
 import type { Duplex } from 'node:stream';
+import { BudgetedBound, type BufferBudget } from '../../buffer-budget';
 import type { Logger } from '../../log';
 import {
   FLAG_FIN,
@@ -24,7 +25,7 @@ import { ProtocolError } from './errors';
 import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
-import { SpdyStream, type StreamOwner } from './stream';
+import { SpdyStream, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES, type StreamOwner } from './stream';
 
 export interface SpdySessionOptions {
   /** A new stream from the peer; the callee replies (session.reply) or resets it. */
@@ -42,6 +43,8 @@ export interface SpdySessionOptions {
   stallTimeoutMs?: number;
   /** Called for every stream reset for stalling (a metric). */
   onStallReset?: () => void;
+  /** Lends streams their full receive bound; unset: every stream has it from the start. */
+  budget?: BufferBudget;
 }
 
 export type SessionEndReason = 'peer-goaway' | 'transport-closed' | 'idle' | 'protocol-error' | 'closed';
@@ -179,8 +182,9 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
     // Over its bound the stream holds the parser until it is read; not on its last piece:
     // nothing more can come for it, and a stream that ended asks for no more reads.
-    if (payload.length > 0 && !stream.push(payload) && !fin && stream.readableLength >= stream.readableHighWaterMark) {
-      this.#wait(stream);
+    if (payload.length > 0 && !stream.push(payload) && !fin) {
+      const bound = stream.receiveBound;
+      if (stream.readableLength >= bound.limit && !(bound.grow() && stream.readableLength < bound.limit)) this.#wait(stream);
     }
     if (fin && stream.remoteFin()) this.#forgetIfClosed(stream);
   }
@@ -224,7 +228,8 @@ export class SpdySession implements FrameSink, StreamOwner {
         this.#options.log.warn('refusing a SPDY stream: too many open streams', { limit: MAX_CONCURRENT_STREAMS });
         return this.#violation(ProtocolError.stream(streamId, RstCode.RefusedStream, 'too many open streams'));
       }
-      const stream = new SpdyStream(streamId, headers, this);
+      const bound = new BudgetedBound(this.#options.budget, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES);
+      const stream = new SpdyStream(streamId, headers, this, bound);
       this.#streams.set(streamId, stream);
       if ((flags & FLAG_FIN) !== 0) stream.remoteFin();
       this.#options.onStream(stream, this);
@@ -308,11 +313,13 @@ export class SpdySession implements FrameSink, StreamOwner {
   }
 
   streamWantsData(stream: SpdyStream): void {
+    stream.receiveBound.release(); // under its base again: the loan goes back
     if (this.#waitingFor === stream) this.#stopWaiting(stream);
   }
 
   streamDestroyed(stream: SpdyStream, err: Error | null): void {
     this.#streams.delete(stream.id);
+    stream.receiveBound.release();
     if (this.#endReason === undefined && stream.resetLocally()) {
       // A stream destroyed with a stream-level ProtocolError carries its own RST code.
       const code = err instanceof ProtocolError && err.scope.kind === 'stream' ? err.scope.code : RstCode.Cancel;

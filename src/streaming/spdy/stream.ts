@@ -5,6 +5,7 @@
 // say must be sent).
 
 import { Duplex } from 'node:stream';
+import type { BudgetedBound } from '../../buffer-budget';
 import { StreamResetError } from './errors';
 import type { HeaderMap } from './headers';
 
@@ -21,6 +22,8 @@ export interface StreamOwner {
  * the connection (SPDY has no flow control Go peers honour: TCP is the only brake).
  */
 export const STREAM_RECEIVE_BUFFER_BYTES = 1024 * 1024;
+/** What a stream may hold before the buffer budget is asked for STREAM_RECEIVE_BUFFER_BYTES. */
+export const STREAM_BASE_RECEIVE_BYTES = 64 * 1024;
 
 /**
  * Where a stream is in its life (SPDY/3 draft 2.3). "local" is our side: half-closed-local
@@ -43,10 +46,13 @@ export class SpdyStream extends Duplex {
     readonly id: number,
     readonly headers: HeaderMap,
     private readonly owner: StreamOwner,
+    /** How much unread data it may hold before the session stops reading the connection. */
+    readonly receiveBound: BudgetedBound,
   ) {
     super({
       allowHalfOpen: true,
-      readableHighWaterMark: STREAM_RECEIVE_BUFFER_BYTES,
+      // push() says false past the base bound; the session then asks the budget.
+      readableHighWaterMark: receiveBound.limit,
       // Writes are handed straight to the connection; the pipe waits for each callback.
       writableHighWaterMark: 64 * 1024,
     });
