@@ -36,7 +36,7 @@ import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import { BudgetedBound, type BufferBudget } from './buffer-budget';
-import { trimMemorySoon } from './memory-trim';
+import { connectionEnded, connectionStarted } from './memory-trim';
 import { addon } from './netns/addon';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
@@ -126,6 +126,7 @@ export class Pipe {
     this.#client = client;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
     this.#podFd = podFd;
+    connectionStarted();
     this.#readBound = new BudgetedBound(options.budget, POD_READ_BUFFER_BYTES, POD_BULK_READ_BUFFER_BYTES);
     this.#writeBound = new BudgetedBound(options.budget, POD_WRITE_BASE_BYTES, POD_WRITE_HIGH_WATER_MARK);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
@@ -302,7 +303,7 @@ export class Pipe {
     this.#graceTimer = undefined;
     this.#readBound.release();
     this.#writeBound.release();
-    trimMemorySoon();
+    connectionEnded();
     if (outcome === 'grace-expired') {
       this.#endCleanly();
     } else if (outcome === 'client-closed') {
