@@ -1,10 +1,11 @@
-// A server process with one sandbox and one app in it, for a transfer benchmark: a POD
-// sandbox with its own namespace as root, a host-network one otherwise.
+// A server process with one sandbox and one app in it, for a transfer benchmark
+// (test/support/app-sandbox.ts, quiet logs, its temp dir removed at the end).
 
 import { rmSync } from 'node:fs';
-import { startPodApp, type PodApp, type PodAppMode } from '../test/support/apps';
-import { criClient, runSandbox, type CriTestClient } from '../test/support/cri-client';
-import { startServer, type ServerProcess } from '../test/support/server-process';
+import type { PodApp, PodAppMode } from '../test/support/apps';
+import { startAppSandbox } from '../test/support/app-sandbox';
+import type { CriTestClient } from '../test/support/cri-client';
+import type { ServerProcess } from '../test/support/server-process';
 
 export interface BenchSandbox {
   server: ServerProcess;
@@ -15,22 +16,15 @@ export interface BenchSandbox {
 }
 
 export async function startBenchSandbox(mode: PodAppMode): Promise<BenchSandbox> {
-  const server = await startServer({ args: ['--log-level', 'warn'] });
-  const cri = criClient(server.criAddress);
-  const root = process.getuid?.() === 0;
-  const { id: sandboxId, netns } = await runSandbox(cri, 'bench', !root);
-  const app = await startPodApp(netns, mode);
+  const world = await startAppSandbox([mode], ['--log-level', 'warn'], 'bench');
   return {
-    server,
-    cri,
-    sandboxId,
-    app,
+    server: world.server,
+    cri: world.cri,
+    sandboxId: world.sandboxId,
+    app: world.apps[0]!,
     async stop() {
-      await app.stop();
-      await cri.call('RemovePodSandbox', { pod_sandbox_id: sandboxId });
-      cri.close();
-      await server.stop();
-      rmSync(server.dir, { recursive: true, force: true });
+      await world.stop();
+      rmSync(world.server.dir, { recursive: true, force: true });
     },
   };
 }

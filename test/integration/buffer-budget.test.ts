@@ -6,10 +6,9 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { startPodApp, type PodApp } from '../support/apps';
-import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
+import { startAppSandbox, type AppSandbox } from '../support/app-sandbox';
 import { rootSkipReason } from '../support/root';
-import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft } from '../support/server-process';
 import { portForwardUrls, runEchoLoad } from '../support/spdy-load';
 
 const skip = rootSkipReason();
@@ -34,29 +33,21 @@ function value(text: string, name: string): number {
 }
 
 describe('buffer budget', { skip }, () => {
-  let server: ServerProcess;
-  let cri: CriTestClient;
-  let sandboxId: string;
-  let echo: PodApp;
+  let world: AppSandbox;
 
   before(async () => {
-    server = await startServer({ args: ['--max-buffer-memory', `${BUDGET >> 20}Mi`] });
-    cri = criClient(server.criAddress);
-    const sandbox = await runSandbox(cri, 'budget');
-    sandboxId = sandbox.id;
-    echo = await startPodApp(sandbox.netns, 'echo');
+    world = await startAppSandbox(['echo'], ['--max-buffer-memory', `${BUDGET >> 20}Mi`], 'budget');
   });
 
   after(async () => {
-    await echo?.stop();
-    if (!server) return;
-    await cri.call('RemovePodSandbox', { pod_sandbox_id: sandboxId });
-    cri.close();
-    assert.equal(await server.stop(), 0);
-    cleanUpAndAssertNothingLeft(server, server.dir);
+    if (!world) return;
+    assert.equal(await world.stop(), 0);
+    cleanUpAndAssertNothingLeft(world.server, world.server.dir);
   });
 
   it('holds 32 bulk echoes to 2 MiB of growth: every byte back, the rest waited, all given back', async () => {
+    const { server, cri, sandboxId } = world;
+    const echo = world.apps[0]!;
     assert.equal(value(await metrics(server.streamBaseUrl), 'cri_portforward_buffer_budget_bytes'), BUDGET);
     let maxHeld = 0;
     let sampling = true;

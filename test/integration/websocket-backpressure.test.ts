@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { startPodApp, type PodApp } from '../support/apps';
-import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
+import { startAppSandbox, type AppSandbox } from '../support/app-sandbox';
+import type { PodApp } from '../support/apps';
 import { rootSkipReason } from '../support/root';
-import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { cleanUpAndAssertNothingLeft } from '../support/server-process';
 import { openChannels } from '../support/ws-client';
 
 const skip = rootSkipReason();
@@ -26,32 +26,21 @@ function rssBytes(pid: number): number {
 }
 
 describe('WebSocket port-forward: one stalled channel', { skip }, () => {
-  let server: ServerProcess;
-  let cri: CriTestClient;
-  let sandboxId: string;
-  let ignore: PodApp;
-  let sink: PodApp;
+  let world: AppSandbox;
 
   before(async () => {
-    server = await startServer();
-    cri = criClient(server.criAddress);
-    const { id, netns } = await runSandbox(cri, 'ws-stall');
-    sandboxId = id;
-    ignore = await startPodApp(netns, 'ignore');
-    sink = await startPodApp(netns, 'sink');
+    world = await startAppSandbox(['ignore', 'sink'], [], 'ws-stall');
   });
 
   after(async () => {
-    await ignore?.stop();
-    await sink?.stop();
-    if (!server) return;
-    await cri.call('RemovePodSandbox', { pod_sandbox_id: sandboxId });
-    cri.close();
-    assert.equal(await server.stop(), 0);
-    cleanUpAndAssertNothingLeft(server, server.dir);
+    if (!world) return;
+    assert.equal(await world.stop(), 0);
+    cleanUpAndAssertNothingLeft(world.server, world.server.dir);
   });
 
   it('is not read past its bound while another channel of the WebSocket is busy', async () => {
+    const { server, cri, sandboxId } = world;
+    const [ignore, sink] = world.apps as [PodApp, PodApp];
     const { url } = await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [ignore.port, sink.port] });
     const { ws } = await openChannels(url, ['v4.channel.k8s.io']);
     const rssAtStart = rssBytes(server.proc.pid!);
