@@ -25,6 +25,7 @@ import { ProtocolError } from './errors';
 import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
+import { StallWatch } from './stall-watch';
 import { SpdyStream, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES, type StreamOwner } from './stream';
 
 export interface SpdySessionOptions {
@@ -35,11 +36,7 @@ export interface SpdySessionOptions {
   log: Logger;
   /** Called for every PING we echo (a metric; kubectl pings every 5 s). */
   onPing?: () => void;
-  /**
-   * A stream that holds a full receive buffer (the connection is not read meanwhile) and
-   * whose reader takes nothing for this long is reset, so that the session flows again.
-   * Unset: never.
-   */
+  /** A stream holding a full receive buffer with no progress this long is reset (stall-watch.ts). */
   stallTimeoutMs?: number;
   /** Called for every stream reset for stalling (a metric). */
   onStallReset?: () => void;
@@ -67,9 +64,8 @@ export class SpdySession implements FrameSink, StreamOwner {
    * is paused once the parser's small queue fills.
    */
   #waitingFor: 'inflate' | SpdyStream | undefined;
-  /** While a stream holds the parser: the stall check, and what it held when last checked. */
-  #stallTimer: NodeJS.Timeout | undefined;
-  #stallHeld = 0;
+  /** While a stream holds the parser: how long it may without progress. */
+  readonly #stallWatch: StallWatch<SpdyStream>;
   /** We paused the transport because the parser's queue is full. */
   #transportPaused = false;
   #lastPeerStreamId = 0;
@@ -87,6 +83,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#transport = transport;
     this.#options = options;
     this.#parser = new FrameParser(this);
+    this.#stallWatch = new StallWatch(options.stallTimeoutMs, options.log, options.onStallReset);
     this.#parser.on('error', (err: Error) => this.#violation(err));
     this.#parser.on('drain', this.#resumeTransport);
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
@@ -336,47 +333,15 @@ export class SpdySession implements FrameSink, StreamOwner {
   #wait(reason: 'inflate' | SpdyStream): void {
     this.#waitingFor = reason;
     this.#parser.pause();
-    if (reason !== 'inflate' && this.#options.stallTimeoutMs !== undefined) {
-      this.#stallHeld = reason.readableLength;
-      this.#stallTimer = setTimeout(this.#checkStall, this.#options.stallTimeoutMs);
-    }
+    if (reason !== 'inflate') this.#stallWatch.watch(reason);
   }
 
   #stopWaiting(reason: 'inflate' | SpdyStream): void {
     if (this.#waitingFor !== reason) return;
     this.#waitingFor = undefined;
-    this.#clearStallTimer();
+    this.#stallWatch.stop();
     this.#parser.resume();
   }
-
-  #clearStallTimer(): void {
-    if (this.#stallTimer === undefined) return;
-    clearTimeout(this.#stallTimer);
-    this.#stallTimer = undefined;
-  }
-
-  // No per-stream flow control in SPDY: a stream whose app never reads would hold the whole
-  // session (head-of-line) for as long as the app lives. Progress (its reader took bytes,
-  // even without getting under the bound) earns it another period; none, and it is reset.
-  readonly #checkStall = (): void => {
-    this.#stallTimer = undefined;
-    const stream = this.#waitingFor;
-    if (stream === undefined || stream === 'inflate') return;
-    const held = stream.readableLength;
-    if (held < this.#stallHeld) {
-      this.#stallHeld = held;
-      this.#stallTimer = setTimeout(this.#checkStall, this.#options.stallTimeoutMs);
-      return;
-    }
-    this.#options.log.warn('resetting a SPDY stream that made no progress with a full receive buffer', {
-      streamId: stream.id,
-      heldBytes: held,
-      stallTimeoutMs: this.#options.stallTimeoutMs,
-    });
-    this.#options.onStallReset?.();
-    // With an error, so the pipe destroys the pod side too (its app is not reading).
-    stream.destroy(new Error(`stream stalled for ${this.#options.stallTimeoutMs} ms with ${held} bytes unread`));
-  };
 
   // ---- endings ----------------------------------------------------------------------
 
@@ -421,7 +386,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#decoder.close();
     this.#parser.destroy(); // stops handing out frames, even of the chunk being parsed
     this.#waitingFor = undefined;
-    this.#clearStallTimer();
+    this.#stallWatch.stop();
     this.#resumeTransport(); // read on (and drop) so that the peer's close is seen
     const gone = new Error(`SPDY session ended (${reason})`);
     for (const stream of [...this.#streams.values()]) stream.destroy(gone);
