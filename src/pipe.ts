@@ -24,13 +24,14 @@
 // the pod socket does not read. This relies on the Writable contract that a stream does
 // not touch a chunk after calling its write callback.
 //
-// Memory bound per pipe, beyond kernel socket buffers: pod -> client holds at most one
-// read buffer, since the chunk in flight is a view of it: 64 KiB, or 1 MiB while a bulk
-// transfer fills it (plus, briefly, the buffer a pending write still holds); client -> pod
-// holds at most POD_WRITE_HIGH_WATER_MARK (1 MiB) plus one client chunk and the client's
-// own readable buffer while paused (16 KiB + one chunk; <= 64 KiB chunks from a
-// net.Socket). So about 64 KiB for an idle or interactive connection and at most 2.2 MiB
-// for one moving bulk data both ways (test/integration/pod-side.test.ts checks both).
+// Memory bound per pipe, beyond kernel socket buffers: pod -> client holds one read buffer
+// (the chunk in flight is a view of it): 16 KiB, or 1 MiB while a bulk transfer fills it
+// and the buffer budget lends the difference (plus, briefly, the buffer a pending write
+// still holds); client -> pod queues 64 KiB, or 1 MiB on loan from the budget, plus one
+// client chunk and the client's own readable buffer while paused. So about 16 KiB for an
+// idle or interactive connection and at most about 2.2 MiB for one moving bulk data both
+// ways, with all the loans together bounded by --max-buffer-memory
+// (test/integration/pod-side.test.ts and buffer-budget.test.ts check these).
 
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
