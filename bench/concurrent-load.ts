@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { withCpuBurners } from '../test/support/burners';
 import { serverFds, serverFdsSettled, serverMemory } from '../test/support/server-process';
 import { portForwardUrls, runEchoLoad, type LoadSummary } from '../test/support/spdy-load';
+import { cpuSeconds } from './proc';
 import { startBenchSandbox } from './sandbox';
 
 const MiB = 1 << 20;
@@ -50,6 +51,8 @@ export interface Churn {
   fdsAfter: number;
   rssBeforeBytes: number;
   rssAfterBytes: number;
+  /** Server CPU (user + system) over the churn, per connection. */
+  serverCpuMsPerConnection: number;
 }
 
 export async function churn(): Promise<Churn> {
@@ -58,9 +61,11 @@ export async function churn(): Promise<Churn> {
     const fdsBefore = serverFds(server);
     const rssBeforeBytes = serverMemory(server).rssBytes;
     const urls = await portForwardUrls(cri, sandboxId, app.port, SESSIONS);
+    const cpuBefore = cpuSeconds(server.proc.pid!);
     const summary = await runEchoLoad(urls, app.port, CHURN_CONNECTIONS, 1024, { inFlight: CHURN_IN_FLIGHT_PER_SESSION });
     const fdsAfter = await serverFdsSettled(server, fdsBefore);
-    return { summary, fdsBefore, fdsAfter, rssBeforeBytes, rssAfterBytes: serverMemory(server).rssBytes };
+    const serverCpuMsPerConnection = ((cpuSeconds(server.proc.pid!) - cpuBefore) * 1000) / CHURN_CONNECTIONS;
+    return { summary, fdsBefore, fdsAfter, rssBeforeBytes, rssAfterBytes: serverMemory(server).rssBytes, serverCpuMsPerConnection };
   } finally {
     await stop();
   }

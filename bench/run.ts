@@ -164,6 +164,7 @@ async function loadRows(): Promise<Row[]> {
   const c = await churn();
   rows.push({ name: 'load: churn of 10 000 x 1 KiB echo', value: Math.round(c.summary.connections / c.summary.seconds), unit: 'conns/s' });
   rows.push({ name: 'load: churn ended by FIN, every byte back', value: c.summary.clean, unit: 'conns', goal: '10000' });
+  rows.push({ name: 'load: churn server CPU per connection', value: Number(c.serverCpuMsPerConnection.toFixed(3)), unit: 'ms' });
   rows.push({ name: 'load: churn server fds before', value: c.fdsBefore, unit: 'fds' });
   rows.push({ name: 'load: churn server fds after', value: c.fdsAfter, unit: 'fds', goal: `${c.fdsBefore} (as before)` });
   rows.push({ name: 'load: churn server RSS before', value: mib(c.rssBeforeBytes), unit: 'MiB' });
