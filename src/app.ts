@@ -10,6 +10,7 @@ import type { Logger } from './log';
 import { createMetrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
+import { CachingSandboxResolver } from './sandbox/resolve-cache';
 import type { SandboxResolver } from './sandbox/types';
 import { UpstreamSandboxResolver } from './sandbox/upstream';
 import { SpdyPortForwardProtocol } from './streaming/portforward/spdy';
@@ -30,7 +31,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const metrics = createMetrics();
   // Embedded mode: our own namespaces. Proxy mode: the upstream runtime's sandboxes.
   const store = config.upstream === undefined ? await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' })) : undefined;
-  const resolver: SandboxResolver & { close?(): void } = store ?? new UpstreamSandboxResolver(config.upstream!);
+  const upstreamSandboxes = store ? undefined : new CachingSandboxResolver(new UpstreamSandboxResolver(config.upstream!, log.child({ component: 'sandbox' })));
+  const resolver: SandboxResolver & { close?(): void } = store ?? upstreamSandboxes!;
   if (store) metrics.observeSandboxes(() => store.countByState());
   const tokens = new TokenCache({
     ttlMs: config.tokenTtlMs,
@@ -72,6 +74,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     : CriProxyServer.listen(config.criSocket, {
         upstream: config.upstream!,
         portForward: (req) => issuePortForward({ resolver, tokens, streamBaseUrl: streaming.baseUrl }, req),
+        onSandboxesChanged: () => upstreamSandboxes!.forgetAll(),
         log: criLog,
       })
   ).catch(async (err: unknown) => {

@@ -18,6 +18,8 @@ import { MESSAGE_MAX_BYTES } from './input-limits';
 import { clearStaleSocket } from './socket-file';
 
 const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
+/** Calls after which what we remember of sandboxes may be wrong. */
+const SANDBOX_CHANGING_PATHS = new Set(['/runtime.v1.RuntimeService/StopPodSandbox', '/runtime.v1.RuntimeService/RemovePodSandbox']);
 /** The 5-byte prefix of a gRPC message: compressed flag, big-endian length. */
 const GRPC_PREFIX_BYTES = 5;
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
@@ -26,6 +28,8 @@ export interface CriProxyOptions {
   /** unix:///path/to.sock, or host:port (plain HTTP/2). */
   upstream: string;
   portForward(request: PortForwardRequestMsg): Promise<object>;
+  /** A StopPodSandbox or RemovePodSandbox went to the runtime (called as it goes and as it ends). */
+  onSandboxesChanged?(): void;
   log: Logger;
 }
 
@@ -76,6 +80,13 @@ export class CriProxyServer {
     if (headers[':path'] === PORT_FORWARD_PATH) {
       void this.#portForward(stream);
       return;
+    }
+    if (SANDBOX_CHANGING_PATHS.has(headers[':path'] ?? '') && this.#options.onSandboxesChanged !== undefined) {
+      // Forgotten before (no new connection dials a sandbox being stopped on what we knew)
+      // and after (a lookup that raced the call must not outlive it).
+      const changed = this.#options.onSandboxesChanged;
+      changed();
+      stream.once('close', changed);
     }
     this.#passThrough(stream, headers);
   }

@@ -43,7 +43,15 @@ export class Forwarder {
    * it: the pipe wraps it in the net.Socket it reads and writes (Pipe), or closes it.
    */
   async open(sandboxId: string, port: number): Promise<number> {
-    return this.dial(await this.resolve(sandboxId), port);
+    try {
+      return await this.dial(await this.resolve(sandboxId), port);
+    } catch (err) {
+      // What the resolver remembered is out of date (the sandbox was stopped, or its netns
+      // replaced): ask once more, then dial what it says now.
+      if (!(err instanceof DialError) || err.failure !== 'netns-closed' || this.#resolver.forget === undefined) throw err;
+      this.#resolver.forget(sandboxId);
+      return this.dial(await this.resolve(sandboxId), port);
+    }
   }
 
   /** The sandbox a forward dials into; a sandbox gone or stopped is a DialError. */

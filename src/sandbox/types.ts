@@ -39,4 +39,6 @@ export interface ResolvedSandbox {
 export interface SandboxResolver {
   /** undefined when no such sandbox exists. */
   resolve(id: string): Promise<ResolvedSandbox | undefined>;
+  /** A resolver that remembers sandboxes drops what it knows of this one (its netns went away). */
+  forget?(id: string): void;
 }

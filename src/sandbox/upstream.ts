@@ -8,6 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeServiceClient } from '../cri-api';
 import { clip, CriError } from '../errors';
+import type { Logger } from '../log';
 import type { ResolvedSandbox, SandboxResolver } from './types';
 
 /** One status call may not hang a PortForward or a dial for longer than this. */
@@ -21,14 +22,17 @@ interface StatusResponse {
 export class UpstreamSandboxResolver implements SandboxResolver {
   readonly #client: grpc.Client & Record<string, Function>;
   readonly #target: string;
+  readonly #log: Logger | undefined;
 
-  constructor(target: string) {
+  constructor(target: string, log?: Logger) {
     this.#target = target;
+    this.#log = log;
     this.#client = new RuntimeServiceClient(target, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
   }
 
   async resolve(id: string): Promise<ResolvedSandbox | undefined> {
     let res: StatusResponse;
+    this.#log?.debug('asking upstream for a sandbox', { sandboxId: id });
     try {
       res = await new Promise<StatusResponse>((resolve, reject) =>
         this.#client.PodSandboxStatus!(

@@ -11,6 +11,7 @@ import { startPodApp, type PodApp } from '../support/apps';
 import { criClient, grpcError, podConfig, runSandbox } from '../support/cri-client';
 import { startProxy, stopProxy, type ProxiedCri } from '../support/proxy';
 import { rootSkipReason } from '../support/root';
+import { SpdyLoadSession } from '../support/spdy-load';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
 import { until } from '../support/until';
 import { channelBytes, openChannels } from '../support/ws-client';
@@ -24,7 +25,7 @@ describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
 
   before(async () => {
     upstream = await startServer();
-    p = await startProxy(upstream.criAddress);
+    p = await startProxy(upstream.criAddress, ['--log-level', 'debug']);
   });
 
   after(async () => {
@@ -81,6 +82,29 @@ describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
     assert.equal(channelBytes(o, 0).subarray(2).toString(), 'through the proxy');
     o.ws.close(1000);
     await p.viaProxy.call('RemovePodSandbox', { pod_sandbox_id: id });
+  });
+
+  it('asks upstream for a sandbox once for many connections, and again once its netns is gone', async () => {
+    const upstreamLookups = (): number => p.proxy.logs.filter((l) => l['msg'] === 'asking upstream for a sandbox').length;
+    const { id, netns } = await runSandbox(p.viaProxy, 'pf-cached');
+    const echo = await startPodApp(netns, 'echo');
+    apps.push(echo);
+    const before = upstreamLookups();
+    const { url } = await p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [echo.port] });
+    const session = await SpdyLoadSession.open(url);
+    try {
+      const results = await Promise.all(Array.from({ length: 20 }, () => session.echo(echo.port, 64)));
+      assert.deepEqual(results.map((r) => [r.end, r.echoed, r.matches]), results.map(() => ['fin', 64, true]));
+      assert.equal(upstreamLookups() - before, 1, 'PortForward and 20 connections: one PodSandboxStatus');
+      // Removed behind the proxy's back (at upstream): the cached netns path fails to open,
+      // the proxy asks again, and the connection gets upstream's text for a gone sandbox.
+      await p.direct.call('RemovePodSandbox', { pod_sandbox_id: id });
+      const gone = await session.echo(echo.port, 64);
+      assert.match(gone.errorText, new RegExp(`network namespace for sandbox "${id}" is closed`));
+      assert.equal(upstreamLookups() - before, 2);
+    } finally {
+      await session.close();
+    }
   });
 
   it('answers UNAVAILABLE naming the upstream while it is down, and recovers when it is back', async () => {
