@@ -738,33 +738,6 @@ describe('SpdySession', () => {
       assert.equal(received, length);
     }));
 
-  it('while a header block inflates, takes no more than a small queue from the transport', async () => {
-    const streams: SpdyStream[] = [];
-    let received = 0;
-    const d = driven((stream, session) => {
-      streams.push(stream);
-      session.reply(stream);
-      stream.on('error', () => undefined);
-      stream.on('data', (c: Buffer) => (received += c.length));
-    });
-    await tick(); // the transport flows
-    const deflater = new PeerDeflater();
-    const syn = await synStream(deflater, 1, portForwardHeaders('data', 80, 0));
-    deflater.close();
-    const frame = dataFrame(1, Buffer.alloc(64 * 1024 - 8, 1));
-    const total = 64 * frame.length;
-    // all in one go: the SYN_STREAM's block cannot have inflated before the last push
-    d.transport.push(syn);
-    for (let i = 0; i < 64; i++) d.transport.push(frame);
-    assert.equal(streams.length, 0);
-    assert.ok(d.transport.isPaused(), 'the transport is paused');
-    assert.ok(d.transport.readableLength >= total - 256 * 1024, `${total - d.transport.readableLength} bytes taken`);
-    await until('the stream', () => streams.length === 1);
-    await until('all data', () => received === 64 * (frame.length - 8));
-    assert.equal(d.transport.isPaused(), false);
-    await d.close();
-  });
-
   it("does not stop reading for a stream's last DATA (FIN) past its bound: nothing more can come for it", async () => {
     const streams: SpdyStream[] = [];
     const d = driven((stream) => streams.push(stream));

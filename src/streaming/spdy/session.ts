@@ -59,11 +59,11 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #encoder = new HeaderBlockEncoder();
   readonly #streams = new Map<number, SpdyStream>();
   /**
-   * What the parser waits for, if anything: a header block to inflate, or a stream over its
-   * receive bound to be read. While it waits its write callback is held, so the transport
-   * is paused once the parser's small queue fills.
+   * What the parser waits for, if anything: a stream over its receive bound to be read.
+   * While it waits its write callback is held, so the transport is paused once the
+   * parser's small queue fills.
    */
-  #waitingFor: 'inflate' | SpdyStream | undefined;
+  #waitingFor: SpdyStream | undefined;
   /** While a stream holds the parser: how long it may without progress. */
   readonly #stallWatch: StallWatch<SpdyStream>;
   /** We paused the transport because the parser's queue is full. */
@@ -247,16 +247,16 @@ export class SpdySession implements FrameSink, StreamOwner {
     });
   }
 
-  // The decoder's zlib context is asynchronous: the parser waits meanwhile, so that the
-  // frames after this one (DATA for the stream it opens) are not handed out before it.
+  // Inflated synchronously (headers.ts), so the frames after this one (DATA for the stream
+  // it opens) cannot be handed out before it.
   #decodeHeaders(block: Buffer, then: (headers: HeaderMap) => void): void {
-    this.#wait('inflate');
-    this.#decoder.decode(block, (err, headers) => {
-      if (this.#endReason !== undefined) return;
-      if (err) return this.#violation(err);
-      then(headers!);
-      this.#stopWaiting('inflate');
-    });
+    let headers: HeaderMap;
+    try {
+      headers = this.#decoder.decode(block);
+    } catch (err) {
+      return this.#violation(err as Error);
+    }
+    then(headers);
   }
 
   #onRstStream(body: Buffer): void {
@@ -330,13 +330,13 @@ export class SpdySession implements FrameSink, StreamOwner {
     if (stream.state === 'closed') this.#streams.delete(stream.id);
   }
 
-  #wait(reason: 'inflate' | SpdyStream): void {
+  #wait(reason: SpdyStream): void {
     this.#waitingFor = reason;
     this.#parser.pause();
-    if (reason !== 'inflate') this.#stallWatch.watch(reason);
+    this.#stallWatch.watch(reason);
   }
 
-  #stopWaiting(reason: 'inflate' | SpdyStream): void {
+  #stopWaiting(reason: SpdyStream): void {
     if (this.#waitingFor !== reason) return;
     this.#waitingFor = undefined;
     this.#stallWatch.stop();
