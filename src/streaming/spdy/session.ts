@@ -17,12 +17,12 @@ import {
   FrameType,
   GoAwayStatus,
   MAX_CONCURRENT_STREAMS,
-  MAX_DATA_FRAME_BYTES,
   MAX_STREAM_ID,
   RstCode,
 } from './constants';
 import { ProtocolError } from './errors';
 import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
+import { FrameWriter } from './frame-writer';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
 import { StallWatch } from './stall-watch';
@@ -55,6 +55,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #transport: Duplex;
   readonly #options: SpdySessionOptions;
   readonly #parser: FrameParser;
+  /** Our frames, written together once per event-loop turn. */
+  readonly #out: FrameWriter;
   readonly #decoder = new HeaderBlockDecoder();
   readonly #encoder = new HeaderBlockEncoder();
   readonly #streams = new Map<number, SpdyStream>();
@@ -83,6 +85,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#transport = transport;
     this.#options = options;
     this.#parser = new FrameParser(this);
+    this.#out = new FrameWriter(transport);
     this.#stallWatch = new StallWatch(options.stallTimeoutMs, options.log, options.onStallReset);
     this.#parser.on('error', (err: Error) => this.#violation(err));
     this.#parser.on('drain', this.#resumeTransport);
@@ -119,7 +122,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   /** Send our (empty) SYN_REPLY; kubectl waits for it before opening the next stream. */
   reply(stream: SpdyStream): void {
     if (stream.destroyed || this.#endReason !== undefined || !stream.markReplied()) return;
-    this.#transport.write(synReplyFrame(stream.id, this.#encoder.encode([])));
+    this.#out.send(synReplyFrame(stream.id, this.#encoder.encode([])));
   }
 
   /**
@@ -129,7 +132,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   reset(stream: SpdyStream, code: RstCode, why: string): void {
     this.#options.log.debug('resetting SPDY stream', { streamId: stream.id, code, why });
     if (this.#endReason === undefined && !stream.destroyed && stream.resetLocally()) {
-      this.#transport.write(rstStreamFrame(stream.id, code));
+      this.#out.send(rstStreamFrame(stream.id, code));
     }
     stream.destroy();
   }
@@ -269,7 +272,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     const id = body.readUInt32BE(0);
     // Odd ids are the client's: echo them unchanged. Even ones would answer our own pings.
     if (id % 2 === 1) {
-      this.#transport.write(pingFrame(id));
+      this.#out.send(pingFrame(id));
       this.#options.onPing?.();
     }
   }
@@ -282,20 +285,7 @@ export class SpdySession implements FrameSink, StreamOwner {
       return;
     }
     if (!stream.replied) this.reply(stream);
-    const transport = this.#transport;
-    // One writev for header and payload; the payload is the caller's, never copied. A
-    // chunk longer than a frame can say (24 bits) goes out as several frames.
-    transport.cork();
-    let offset = 0;
-    while (chunk.length - offset > MAX_DATA_FRAME_BYTES) {
-      transport.write(dataFrameHeader(stream.id, MAX_DATA_FRAME_BYTES, false));
-      transport.write(chunk.subarray(offset, offset + MAX_DATA_FRAME_BYTES));
-      offset += MAX_DATA_FRAME_BYTES;
-    }
-    const last = offset === 0 ? chunk : chunk.subarray(offset);
-    transport.write(dataFrameHeader(stream.id, last.length, false));
-    transport.write(last, callback);
-    transport.uncork();
+    this.#out.data(stream.id, chunk, callback);
   }
 
   writeFin(stream: SpdyStream, callback: (err?: Error | null) => void): void {
@@ -305,7 +295,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
     if (!stream.replied) this.reply(stream);
     stream.localFin();
-    this.#transport.write(dataFrameHeader(stream.id, 0, true), callback);
+    this.#out.send(dataFrameHeader(stream.id, 0, true), callback);
     this.#forgetIfClosed(stream);
   }
 
@@ -320,7 +310,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     if (this.#endReason === undefined && stream.resetLocally()) {
       // A stream destroyed with a stream-level ProtocolError carries its own RST code.
       const code = err instanceof ProtocolError && err.scope.kind === 'stream' ? err.scope.code : RstCode.Cancel;
-      this.#transport.write(rstStreamFrame(stream.id, code));
+      this.#out.send(rstStreamFrame(stream.id, code));
     }
     // after the RST: the parser may go on at once and answer frames already received
     if (this.#waitingFor === stream) this.#stopWaiting(stream);
@@ -356,7 +346,7 @@ export class SpdySession implements FrameSink, StreamOwner {
       const { streamId, code } = err.scope;
       const stream = this.#streams.get(streamId);
       if (stream !== undefined) this.reset(stream, code, err.message);
-      else this.#transport.write(rstStreamFrame(streamId, code));
+      else this.#out.send(rstStreamFrame(streamId, code));
       return;
     }
     // anything else (a zlib or stream error) is our fault, not the peer's
