@@ -1,5 +1,11 @@
 // JSON-lines logger on stdout: one object per line, so that operators can ship it as is
 // and tests can wait for the "ready" line. Never used on the per-chunk data path.
+//
+// It is on the per-connection path (a line as a forward starts and one as it ends, at
+// info), so a line is made cheaply: a logger keeps its context fields already serialised,
+// fields without an Error in them are serialised without a replacer, and the lines of one
+// event-loop turn are written to stdout together (one write per turn instead of one per
+// line; flushed synchronously on exit, so an exiting process loses none).
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LogFields = Record<string, unknown>;
@@ -23,25 +29,74 @@ export function isLogLevel(value: string): value is LogLevel {
   return (LOG_LEVELS as readonly string[]).includes(value);
 }
 
-export function createLogger(
-  level: LogLevel,
-  write: (line: string) => void = (line) => process.stdout.write(line),
-  base: LogFields = {},
-): Logger {
-  const threshold = LEVEL_RANK[level];
-  const emit = (lvl: LogLevel, msg: string, fields?: LogFields, always = false): void => {
-    if (!always && LEVEL_RANK[lvl] < threshold) return;
-    const entry: LogFields = { time: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
-    write(JSON.stringify(entry, errorReplacer) + '\n');
-  };
-  return {
-    debug: (msg, fields) => emit('debug', msg, fields),
-    info: (msg, fields) => emit('info', msg, fields),
-    warn: (msg, fields) => emit('warn', msg, fields),
-    error: (msg, fields) => emit('error', msg, fields),
-    announce: (msg, fields) => emit('info', msg, fields, true),
-    child: (fields) => createLogger(level, write, { ...base, ...fields }),
-  };
+/** Where lines go: by default stdout, a turn's lines at a time. */
+export type LineWriter = (line: string) => void;
+
+export function createLogger(level: LogLevel, write: LineWriter = writeToStdout, base: LogFields = {}): Logger {
+  return new JsonLogger(LEVEL_RANK[level], write, base, members(base));
+}
+
+class JsonLogger implements Logger {
+  constructor(
+    private readonly threshold: number,
+    private readonly write: LineWriter,
+    /** The context fields, and the same serialised as `,"k":v,...` (or ''). */
+    private readonly base: LogFields,
+    private readonly baseMembers: string,
+  ) {}
+
+  debug(msg: string, fields?: LogFields): void {
+    if (LEVEL_RANK.debug >= this.threshold) this.#emit('debug', msg, fields);
+  }
+
+  info(msg: string, fields?: LogFields): void {
+    if (LEVEL_RANK.info >= this.threshold) this.#emit('info', msg, fields);
+  }
+
+  warn(msg: string, fields?: LogFields): void {
+    if (LEVEL_RANK.warn >= this.threshold) this.#emit('warn', msg, fields);
+  }
+
+  error(msg: string, fields?: LogFields): void {
+    if (LEVEL_RANK.error >= this.threshold) this.#emit('error', msg, fields);
+  }
+
+  announce(msg: string, fields?: LogFields): void {
+    this.#emit('info', msg, fields);
+  }
+
+  child(fields: LogFields): Logger {
+    const base = { ...this.base, ...fields };
+    return new JsonLogger(this.threshold, this.write, base, members(base));
+  }
+
+  #emit(level: LogLevel, msg: string, fields: LogFields | undefined): void {
+    let rest = this.baseMembers;
+    if (fields !== undefined) {
+      // A field named as a context field replaces it (rare): the slow path keeps one of each.
+      rest = overridesAny(fields, this.base) ? members({ ...this.base, ...fields }) : rest + members(fields);
+    }
+    this.write(`{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${rest}}\n`);
+  }
+}
+
+/** `,"k":v,...` for the fields, '' for none. */
+function members(fields: LogFields): string {
+  let plain = true;
+  for (const key in fields) {
+    const value = fields[key];
+    if (typeof value === 'bigint' || (typeof value === 'object' && value !== null)) {
+      plain = false;
+      break;
+    }
+  }
+  const json = plain ? JSON.stringify(fields) : JSON.stringify(fields, errorReplacer);
+  return json.length > 2 ? `,${json.slice(1, -1)}` : '';
+}
+
+function overridesAny(fields: LogFields, base: LogFields): boolean {
+  for (const key in fields) if (key in base) return true;
+  return false;
 }
 
 // Error objects have no enumerable properties; log their message (and code) instead of {}.
@@ -52,4 +107,31 @@ function errorReplacer(_key: string, value: unknown): unknown {
   }
   if (typeof value === 'bigint') return value.toString();
   return value;
+}
+
+// ---- stdout, a turn at a time ---------------------------------------------------------
+
+let pending = '';
+
+function writeToStdout(line: string): void {
+  if (pending === '') {
+    setImmediate(flushStdout);
+    if (!exitHooked) hookExit();
+  }
+  pending += line;
+}
+
+function flushStdout(): void {
+  if (pending === '') return;
+  const lines = pending;
+  pending = '';
+  process.stdout.write(lines);
+}
+
+let exitHooked = false;
+
+function hookExit(): void {
+  exitHooked = true;
+  // stdout to a file or a pipe is written synchronously: nothing is left behind on exit.
+  process.on('exit', flushStdout);
 }
