@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <node_api.h>
 #include <poll.h>
 #include <sched.h>
@@ -66,6 +67,10 @@ static int connect_loopback(int family, int port, long long deadline, int *err) 
     *err = errno;
     return -1;
   }
+  // No Nagle: a small write (a keystroke, a query) goes to the app at once, never held
+  // back waiting for the ACK of the previous one. The client side sets it too.
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   struct sockaddr_storage addr;
   socklen_t len;
   memset(&addr, 0, sizeof addr);
