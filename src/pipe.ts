@@ -84,6 +84,9 @@ export interface PipeResult {
 /** @types/node 20 lacks `onread` on the constructor options, which Node 20 accepts. */
 type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number };
 
+/** A client side whose chunks are views of buffers it reuses once told (a SPDY stream). */
+type ReleasingDuplex = Duplex & { releaseChunk?(chunk: Buffer): void };
+
 export interface PipeOptions {
   /** Once one direction has ended, how long the other may stay idle (default 1 s). */
   graceMs?: number;
@@ -93,6 +96,10 @@ export interface PipeOptions {
 
 export class Pipe {
   readonly #client: Duplex;
+  /** The client side's releaseChunk, if its chunks are views of buffers it reuses. */
+  readonly #releaseChunk: ((chunk: Buffer) => void) | undefined;
+  /** Client chunks queued on the pod socket, oldest first, while they must be released. */
+  readonly #podQueue: Buffer[] = [];
   readonly #graceMs: number;
   #podBuffer = Buffer.allocUnsafe(POD_READ_BUFFER_BYTES);
   #shortReads = 0;
@@ -125,6 +132,8 @@ export class Pipe {
    */
   constructor(client: Duplex, podFd: number, options: PipeOptions = {}) {
     this.#client = client;
+    const release = (client as ReleasingDuplex).releaseChunk;
+    this.#releaseChunk = typeof release === 'function' ? release.bind(client) : undefined;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
     this.#podFd = podFd;
     connectionStarted();
@@ -227,10 +236,24 @@ export class Pipe {
       this.pod.cork();
       setImmediate(this.#uncorkPod);
     }
+    let queued: boolean;
+    if (this.#releaseChunk === undefined) {
+      queued = this.pod.write(chunk);
+    } else {
+      this.#podQueue.push(chunk);
+      queued = this.pod.write(chunk, this.#onPodChunkWritten);
+    }
     // Past the base queue, go on only while the budget lends the bulk queue and it has room.
-    if (!this.pod.write(chunk) && !(this.#writeBound.grow() && this.pod.writableLength < this.#writeBound.limit)) {
+    if (!queued && !(this.#writeBound.grow() && this.pod.writableLength < this.#writeBound.limit)) {
       this.#client.pause();
     }
+  };
+
+  // Writes complete in order: this one is the oldest queued. Written or failed, the pod
+  // socket holds it no more.
+  readonly #onPodChunkWritten = (): void => {
+    const chunk = this.#podQueue.shift();
+    if (chunk !== undefined) this.#releaseChunk!(chunk);
   };
 
   readonly #uncorkPod = (): void => {

@@ -9,10 +9,11 @@
 
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { GoAwayStatus, RstCode } from '../spdy/constants';
 import { SpdySession } from '../spdy/session';
 import type { SpdyStream } from '../spdy/stream';
+import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
@@ -38,7 +39,7 @@ export class SpdyPortForwardSession {
   readonly #connectionId = nextConnectionId++;
   readonly #protocol: string;
 
-  constructor(transport: Duplex, grant: PortForwardGrant, deps: ForwardDeps, protocol: string) {
+  constructor(transport: Duplex, grant: PortForwardGrant, deps: ForwardDeps, protocol: string, chunks?: ChunkTracker) {
     this.#deps = deps;
     this.#grant = grant;
     this.#protocol = protocol;
@@ -50,6 +51,7 @@ export class SpdyPortForwardSession {
       stallTimeoutMs: deps.streamStallTimeoutMs,
       onStallReset: () => deps.metrics.streamStallResets.inc(),
       budget: deps.budget,
+      ...(chunks ? { chunks } : {}),
     });
     deps.metrics.sessionsActive.inc({ protocol });
     deps.metrics.sessionsTotal.inc({ protocol });
@@ -153,7 +155,8 @@ export class SpdyPortForwardProtocol implements PortForwardProtocol {
     }
     socket.write(handshake.response);
     (socket as Socket).setNoDelay?.(true);
-    const pf = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy');
+    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget) : undefined;
+    const pf = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy', chunks);
     pf.session.pushInitial(head);
   }
 }

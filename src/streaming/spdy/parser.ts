@@ -28,6 +28,8 @@ export interface FrameSink {
   onData(streamId: number, payload: Buffer, fin: boolean): void;
   /** A whole control frame of a known type; the body is the parser's own copy. */
   onControl(type: FrameType, flags: number, body: Buffer): void;
+  /** The parser holds no more of this written chunk (a DATA piece it handed out may live on). */
+  chunkDone?(chunk: Buffer): void;
 }
 
 /** Bytes the Writable queues in front of a paused parser before write() returns false. */
@@ -238,6 +240,7 @@ export class FrameParser extends Writable {
     }
     if (first.length === n) {
       this.#chunks.shift();
+      this.#sink.chunkDone?.(first);
       this.#buffered -= n;
       return first;
     }
@@ -248,8 +251,12 @@ export class FrameParser extends Writable {
       const take = Math.min(chunk.length, n - offset);
       chunk.copy(out, offset, 0, take);
       offset += take;
-      if (take === chunk.length) this.#chunks.shift();
-      else this.#chunks[0] = chunk.subarray(take);
+      if (take === chunk.length) {
+        this.#chunks.shift();
+        this.#sink.chunkDone?.(chunk);
+      } else {
+        this.#chunks[0] = chunk.subarray(take);
+      }
     }
     this.#buffered -= n;
     return out;
@@ -260,6 +267,7 @@ export class FrameParser extends Writable {
     const first = this.#chunks[0]!;
     if (first.length <= n) {
       this.#chunks.shift();
+      this.#sink.chunkDone?.(first);
       this.#buffered -= first.length;
       return first;
     }

@@ -25,6 +25,7 @@ import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame 
 import { FrameWriter } from './frame-writer';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
+import type { ChunkTracker } from '../owned-reads';
 import { StallWatch } from './stall-watch';
 import { SpdyStream, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES, type StreamOwner } from './stream';
 
@@ -42,6 +43,8 @@ export interface SpdySessionOptions {
   onStallReset?: () => void;
   /** Lends streams their full receive bound; unset: every stream has it from the start. */
   budget?: BufferBudget;
+  /** The transport's read buffers, told when views of them are held and let go (owned-reads.ts). */
+  chunks?: ChunkTracker;
 }
 
 export type SessionEndReason = 'peer-goaway' | 'transport-closed' | 'idle' | 'protocol-error' | 'closed';
@@ -182,6 +185,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
     // Over its bound the stream holds the parser until it is read; not on its last piece:
     // nothing more can come for it, and a stream that ended asks for no more reads.
+    if (payload.length > 0) this.#options.chunks?.retain(payload);
     if (payload.length > 0 && !stream.push(payload) && !fin) {
       const bound = stream.receiveBound;
       if (stream.readableLength >= bound.limit && !(bound.grow() && stream.readableLength < bound.limit)) this.#wait(stream);
@@ -277,7 +281,15 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
   }
 
+  chunkDone(chunk: Buffer): void {
+    this.#options.chunks?.release(chunk);
+  }
+
   // ---- streams (StreamOwner) --------------------------------------------------------
+
+  chunkReleased(chunk: Buffer): void {
+    this.#options.chunks?.release(chunk);
+  }
 
   writeData(stream: SpdyStream, chunk: Buffer, callback: (err?: Error | null) => void): void {
     if (this.#endReason !== undefined || stream.localClosed) {

@@ -15,6 +15,8 @@ export interface StreamOwner {
   writeFin(stream: SpdyStream, callback: (err?: Error | null) => void): void;
   streamWantsData(stream: SpdyStream): void;
   streamDestroyed(stream: SpdyStream, err: Error | null): void;
+  /** A DATA payload this stream pushed has been consumed for good (see releaseChunk). */
+  chunkReleased(chunk: Buffer): void;
 }
 
 /**
@@ -119,6 +121,14 @@ export class SpdyStream extends Duplex {
   }
 
   // ---- Duplex --------------------------------------------------------------------------
+
+  /**
+   * The reader is done with a chunk it read from this stream (the pod socket has written
+   * it), so the buffer it is a view of may be reused (streaming/owned-reads.ts).
+   */
+  releaseChunk(chunk: Buffer): void {
+    this.owner.chunkReleased(chunk);
+  }
 
   override _read(): void {
     this.owner.streamWantsData(this);
