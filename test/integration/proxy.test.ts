@@ -90,12 +90,21 @@ describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
     const echo = await startPodApp(netns, 'echo');
     apps.push(echo);
     const before = upstreamLookups();
+    const forwardedBytes = async (): Promise<[number, number]> => {
+      const metrics = await (await fetch(`${p.proxy.streamBaseUrl}/metrics`)).text();
+      const bytes = (direction: string): number =>
+        Number(new RegExp(`^cri_portforward_bytes_total\\{direction="${direction}"\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
+      return [bytes('to_pod'), bytes('to_client')];
+    };
+    const bytesBefore = await forwardedBytes();
     const { url } = await p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [echo.port] });
     const session = await SpdyLoadSession.open(url);
     try {
       const results = await Promise.all(Array.from({ length: 20 }, () => session.echo(echo.port, 64)));
       assert.deepEqual(results.map((r) => [r.end, r.echoed, r.matches]), results.map(() => ['fin', 64, true]));
       assert.equal(upstreamLookups() - before, 1, 'PortForward and 20 connections: one PodSandboxStatus');
+      const [toPod, toClient] = await forwardedBytes();
+      assert.deepEqual([toPod - bytesBefore[0], toClient - bytesBefore[1]], [20 * 64, 20 * 64]);
       // Removed behind the proxy's back (at upstream): the cached netns path fails to open,
       // the proxy asks again, and the connection gets upstream's text for a gone sandbox.
       await p.direct.call('RemovePodSandbox', { pod_sandbox_id: id });

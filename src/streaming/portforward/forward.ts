@@ -78,8 +78,8 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
   log.info('forward started');
   const result = await pipe.done;
   deps.metrics.forwardsActive.dec();
-  deps.metrics.forwardedBytes.inc({ direction: 'to_pod' }, result.bytesToPod);
-  deps.metrics.forwardedBytes.inc({ direction: 'to_client' }, result.bytesToClient);
+  deps.metrics.bytesToPod.inc(result.bytesToPod);
+  deps.metrics.bytesToClient.inc(result.bytesToClient);
   log.info('forward ended', {
     reason: result.outcome,
     bytesToPod: result.bytesToPod,
