@@ -90,7 +90,7 @@ interface Slab {
 }
 
 /** Retired slabs kept for reuse; past this, the oldest is left to the GC. */
-const MAX_RETIRED_SLABS = 8;
+const MAX_RETIRED_SLABS = 4;
 
 /**
  * The slabs of one socket. A slab is reused once every view of it has been released, so a
@@ -134,6 +134,7 @@ export class ReadSlabs implements ChunkTracker {
     } else if (nread < SHORT_READ_BYTES && this.#bound.limit > SMALL_SLAB_BYTES && ++this.#shortReads >= SHRINK_AFTER_SHORT_READS) {
       this.#shortReads = 0;
       this.#bound.release();
+      this.#forgetRetired();
     }
   }
 
@@ -150,6 +151,15 @@ export class ReadSlabs implements ChunkTracker {
   close(): void {
     this.#bound.release();
     this.#tracked.clear();
+    this.#retired.length = 0;
+  }
+
+  // Back to small slabs: the retired bulk ones will not be read into again. Some may still
+  // be pinned by a view nobody will release (a stream reset with data unread): left to
+  // the GC now, so that at most MAX_RETIRED_SLABS bulk slabs outlive a burst, and only
+  // while the budget lends the session its bulk size.
+  #forgetRetired(): void {
+    for (const slab of this.#retired) this.#tracked.delete(slab.buffer.buffer);
     this.#retired.length = 0;
   }
 

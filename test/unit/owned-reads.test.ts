@@ -50,3 +50,19 @@ describe('ReadSlabs', () => {
     assert.equal(budget.held, 0);
   });
 });
+
+describe('ReadSlabs after a burst', () => {
+  it('forgets retired bulk slabs when reads turn short, even ones still pinned', () => {
+    const budget = new BufferBudget(4 << 20);
+    const slabs = new ReadSlabs(budget);
+    read(slabs, 16 * 1024, 1); // grows to bulk
+    const pinned = read(slabs, 1 << 20, 2); // a bulk slab, full
+    slabs.retain(pinned.subarray(0, 10)); // a view nobody will release
+    for (let i = 0; i < 40; i++) read(slabs, 100, 3); // short reads: back to small slabs
+    assert.equal(budget.held, 0, 'the loan went back');
+    assert.ok(slabs.next().buffer.byteLength <= 16 * 1024, 'reads go to small slabs');
+    slabs.release(pinned.subarray(0, 10)); // a late release of a forgotten slab is ignored
+    for (let i = 0; i < 400; i++) assert.notEqual(read(slabs, 100, 4).buffer, pinned.buffer, 'never read into again');
+    slabs.close();
+  });
+});
