@@ -5,26 +5,33 @@
 // falls back to plain SPDY; we serve it.
 
 import type { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
+import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
 import { SpdyPortForwardSession } from './spdy';
-import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Close code when the client breaks the tunnel's rules (a text message). */
 const CLOSE_UNSUPPORTED_DATA = 1003;
 
 /** A WebSocket as a byte stream: each binary message is a chunk; each write a message. */
 class WebSocketByteStream extends Duplex {
-  constructor(private readonly ws: WebSocket) {
+  constructor(
+    private readonly ws: WebSocket,
+    /** The socket's read slabs, when messages are views of them (owned-reads.ts). */
+    chunks: ChunkTracker | undefined,
+  ) {
     super({ allowHalfOpen: false, readableHighWaterMark: 1024 * 1024 });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (!isBinary) {
         ws.close(CLOSE_UNSUPPORTED_DATA, 'the SPDY tunnel carries binary messages only');
         return;
       }
+      chunks?.retain(data); // the SPDY parser releases it (chunkDone)
       if (!this.push(data)) ws.pause();
     });
     ws.on('close', () => {
@@ -73,8 +80,16 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
   }
 
   serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
+    // The socket reads into reused slabs as plain SPDY's does; ws keeps the first part of a
+    // frame that spans reads, so a chunk is released once ws holds none of it.
+    let accepted: WebSocket | undefined;
+    const chunks =
+      socket instanceof Socket
+        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk))
+        : undefined;
     void acceptWebSocket(req, socket, head, SPDY_TUNNEL_PROTOCOL).then((ws) => {
-      const pf = new SpdyPortForwardSession(new WebSocketByteStream(ws), grant, this.deps, 'spdy-websocket');
+      accepted = ws;
+      const pf = new SpdyPortForwardSession(new WebSocketByteStream(ws, chunks), grant, this.deps, 'spdy-websocket', chunks);
       // WebSocket pings keep proxies on the way open; the SPDY session has its own idle timeout.
       const stop = keepAlive(ws, this.deps.pingIntervalMs, Number.MAX_SAFE_INTEGER, () => undefined);
       void pf.session.ended.then(stop);

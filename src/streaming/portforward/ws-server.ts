@@ -71,3 +71,30 @@ export function keepAlive(ws: WebSocket, intervalMs: number, idleTimeoutMs: numb
   timer.unref();
   return () => clearInterval(timer);
 }
+
+/** The parts of ws's Receiver (ws 8, lib/receiver.js) that may hold views of read chunks. */
+interface ReceiverInternals {
+  _buffers?: unknown;
+  _fragments?: unknown;
+  _allowSynchronousEvents?: unknown;
+  _writableState?: { length: number };
+}
+
+/**
+ * Whether ws still holds any part of a chunk it was given: the unparsed rest of the reads
+ * (`_buffers`), the frames of a message not yet complete (`_fragments`), or writes queued
+ * behind one in progress. Complete messages were emitted (synchronously) and are the
+ * listener's. Anything unexpected (another ws, deferred events) answers "held", which only
+ * keeps the slab from being reused.
+ */
+export function receiverHolds(ws: WebSocket, chunk: Buffer): boolean {
+  const r = (ws as unknown as { _receiver?: ReceiverInternals })._receiver;
+  if (r === undefined || r._allowSynchronousEvents !== true || r._writableState?.length !== 0) return true;
+  const buffers = r._buffers;
+  const fragments = r._fragments;
+  if (!Array.isArray(buffers) || !Array.isArray(fragments)) return true;
+  const memory = chunk.buffer;
+  for (const b of buffers as Buffer[]) if (b.buffer === memory) return true;
+  for (const b of fragments as Buffer[]) if (b.buffer === memory) return true;
+  return false;
+}
