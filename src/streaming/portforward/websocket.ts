@@ -3,10 +3,12 @@
 // port of the grant; the WebSocket closes (1000) once every port's forward has ended.
 
 import type { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
 import { BudgetedBound } from '../../buffer-budget';
+import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
@@ -22,7 +24,7 @@ import {
   type ChannelEncoding,
 } from './channel-codec';
 import { forwardConnection, type ForwardDeps } from './forward';
-import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
 const CHANNEL_RECEIVE_BUFFER_BYTES = 1024 * 1024;
@@ -37,6 +39,8 @@ interface ChannelOwner {
   channelWantsData(channel: ChannelStream): void;
   /** The channel is gone: it holds nothing back any more. */
   channelDestroyed(channel: ChannelStream): void;
+  /** A payload this channel pushed has been consumed for good (the pod socket wrote it). */
+  chunkReleased(chunk: Buffer): void;
 }
 
 /** One channel of a WebSocket as a Duplex: writes become messages prefixed by the channel. */
@@ -50,6 +54,11 @@ class ChannelStream extends Duplex {
     readonly receiveBound: BudgetedBound,
   ) {
     super({ allowHalfOpen: true, readableHighWaterMark: receiveBound.limit });
+  }
+
+  /** The pipe is done with a chunk it read from here: its read slab may be reused. */
+  releaseChunk(chunk: Buffer): void {
+    this.owner.chunkReleased(chunk);
   }
 
   override _read(): void {
@@ -91,9 +100,17 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
       this.#refuse(socket, 'no-ports', 'port-forward over WebSocket needs the ports in the PortForward request (kubelet takes them from the "port" query parameter)');
       return;
     }
-    void acceptWebSocket(req, socket, head, protocol).then((ws) =>
-      new ChannelSession(ws, grant, encodingOf(protocol), this.deps).start(),
-    );
+    // Reads into reused slabs, as the SPDY transports (owned-reads.ts): a binary message's
+    // payload is a view of one, released once the pod socket has written it.
+    let accepted: WebSocket | undefined;
+    const chunks =
+      socket instanceof Socket
+        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk))
+        : undefined;
+    void acceptWebSocket(req, socket, head, protocol).then((ws) => {
+      accepted = ws;
+      new ChannelSession(ws, grant, encodingOf(protocol), this.deps, chunks).start();
+    });
   }
 
   #refuse(socket: Duplex, reason: string, body: string): void {
@@ -117,6 +134,7 @@ class ChannelSession implements ChannelOwner {
     private readonly grant: PortForwardGrant,
     private readonly encoding: ChannelEncoding,
     private readonly deps: ForwardDeps,
+    private readonly chunks: ChunkTracker | undefined,
   ) {
     this.#decoder = new ChannelDecoder(encoding, grant.ports.length);
     this.#stopKeepAlive = keepAlive(ws, deps.pingIntervalMs, deps.idleTimeoutMs, () =>
@@ -176,6 +194,7 @@ class ChannelSession implements ChannelOwner {
     const payload = this.#decoder.payload;
     const stream = this.#data[index]!;
     if (payload.length === 0 || stream.destroyed) return;
+    this.chunks?.retain(payload);
     if (!stream.push(payload)) {
       const bound = stream.receiveBound;
       if (stream.readableLength >= bound.limit && !(bound.grow() && stream.readableLength < bound.limit)) this.ws.pause();
@@ -197,6 +216,10 @@ class ChannelSession implements ChannelOwner {
 
   channelDestroyed(channel: ChannelStream): void {
     this.channelWantsData(channel);
+  }
+
+  chunkReleased(chunk: Buffer): void {
+    this.chunks?.release(chunk);
   }
 
   #close(code: number, reason: string): void {
