@@ -1,7 +1,7 @@
 // npm run bench: prints a table and one JSON line. Absolute numbers differ 2x between
 // machines; compare runs on one machine, and ratios against references of the same run.
-// `node --expose-gc build/bench/run.js <section>` runs one section: load or proxy; without
-// one, everything runs.
+// `node --expose-gc build/bench/run.js <section>` runs one section: load, connections or
+// proxy; without one, everything runs.
 //
 // Measured here:
 // - PortForward RPCs per second over the CRI unix socket (grpc-js client, 64 calls in
@@ -16,6 +16,10 @@
 //   the same through kubectl's default SPDY-in-WebSocket tunnel (goal: within 10% of SPDY);
 // - 1 GiB down and up through WebSocket v4 with a fast ws client (goal >= 0.5x direct,
 //   server CPU <= 2.5x socat's);
+// - connections (embedded): 2000 short connections (64-byte echo, close), 16 at a time,
+//   through kubectl (plain SPDY) and through our own SPDY client on one session:
+//   connections/s and server CPU per connection; 64-byte round-trip latency through kubectl
+//   (p50, p99) next to the same loop against an echo app on the host loopback;
 // - proxy mode against a private containerd 1.6, kubectl via containerd's streaming server
 //   and via ours, alternating, medians of 5: 256 MiB down and up (goals: throughput >= 1.0x,
 //   download CPU <= 1.0x containerd's, upload CPU <= 0.6 s/GiB), the connection rate
@@ -27,6 +31,7 @@
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
 import { churn, concurrentLoad } from './concurrent-load';
+import { connectionsBench } from './connections';
 import { kubectlTransfer } from './kubectl-spdy';
 import { websocketTransfer } from './websocket';
 import { dialRate, transfer, type Direction } from './pod-side';
@@ -132,6 +137,26 @@ async function podSideRows(): Promise<Row[]> {
   return rows;
 }
 
+async function connectionRows(): Promise<Row[]> {
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('skipping the connections benchmark: a sandbox with its own netns needs root\n');
+    return [];
+  }
+  const c = await connectionsBench();
+  return [
+    { name: 'connections: 2000 x 64 B echo via kubectl (SPDY)', value: Math.round(c.viaKubectl.connectionsPerSecond), unit: 'conns/s' },
+    { name: 'connections: server CPU per connection via kubectl', value: round(c.viaKubectl.cpuMsPerConnection, 3), unit: 'ms' },
+    { name: 'connections: 2000 x 64 B echo via SPDY client', value: Math.round(c.viaSpdyClient.connectionsPerSecond), unit: 'conns/s' },
+    { name: 'connections: server CPU per connection via SPDY client', value: round(c.viaSpdyClient.cpuMsPerConnection, 3), unit: 'ms' },
+    { name: 'latency: 64 B round trip via kubectl p50', value: Math.round(c.latencyViaKubectl.p50Us), unit: 'us' },
+    { name: 'latency: 64 B round trip via kubectl p99', value: Math.round(c.latencyViaKubectl.p99Us), unit: 'us' },
+    { name: 'latency: 64 B round trip direct loopback p50', value: Math.round(c.latencyDirect.p50Us), unit: 'us' },
+    { name: 'latency: 64 B round trip direct loopback p99', value: Math.round(c.latencyDirect.p99Us), unit: 'us' },
+    { name: 'latency: p50 via kubectl / direct', value: round(c.latencyViaKubectl.p50Us / c.latencyDirect.p50Us), unit: 'ratio' },
+    { name: 'latency: p99 via kubectl / direct', value: round(c.latencyViaKubectl.p99Us / c.latencyDirect.p99Us), unit: 'ratio' },
+  ];
+}
+
 async function proxyRows(): Promise<Row[]> {
   if (process.getuid?.() !== 0) {
     process.stderr.write('skipping the proxy benchmark: a private containerd needs root\n');
@@ -199,6 +224,7 @@ async function loadRows(): Promise<Row[]> {
 
 const SECTIONS: Record<string, () => Promise<Row[]>> = {
   load: loadRows,
+  connections: connectionRows,
   proxy: proxyRows,
 };
 
@@ -207,6 +233,7 @@ async function everything(): Promise<Row[]> {
     tokenMemory(),
     await portForwardRate(),
     ...(await podSideRows()),
+    ...(await connectionRows()),
     ...(await proxyRows()),
     ...(await loadRows()),
   ];
