@@ -1,43 +1,27 @@
-// Proxy mode against containerd itself, in one run on one sandbox and app: 256 MiB
-// downloads through kubectl via containerd's own streaming server and via ours,
-// alternating (fresh kubectl per round; medians, these machines are noisy), with each
-// server's CPU per GiB from /proc/<pid>/stat; and the pass-through cost on ListPodSandbox.
+// Proxy mode against containerd itself, in one run on one sandbox with an echo, a sink and a
+// source app: kubectl via containerd's own streaming server and via ours, ALTERNATING
+// (each measurement runs for both sides before the next; who goes first swaps every round;
+// medians of 5 rounds, these machines are noisy). The measurements of a round are in
+// proxy-rounds.ts: 256 MiB down and up (MB/s, server CPU s/GiB), the connection rate
+// (400 connections a round) and CPU per connection (ours counts the containerd CPU it causes), 64-byte round trips.
+// Then the pass-through cost on ListPodSandbox.
 
-import { startPodApp } from '../test/support/apps';
+import { startPodApp, type PodApp } from '../test/support/apps';
 import { containerdPodConfig, removeAllSandboxes, startContainerd } from '../test/support/containerd';
 import { sandboxNetns, type CriTestClient } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
-import { startPortForward } from '../test/support/kubectl';
 import { startProxy, stopProxy } from '../test/support/proxy';
-import { runLoad } from './pod-side';
-import { cpuSeconds, untilCpuQuiet } from './proc';
+import { medians, MEASUREMENTS, TRANSFER_BYTES, type Figures, type Pod, type Side } from './proxy-rounds';
+import { median } from './stats';
 
 const ROUNDS = 5;
-const DOWNLOAD_BYTES = 256 * 2 ** 20;
 const LIST_CALLS = 2000;
 
 export interface ProxyBench {
-  oursMBps: number;
-  containerdMBps: number;
-  oursCpuPerGiB: number;
-  containerdCpuPerGiB: number;
+  ours: Figures;
+  containerd: Figures;
   listP50AddedMs: number;
   listRateRatio: number;
-}
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-async function download(api: FakeApiServer, kubeconfigDir: string, pod: string, port: number, pid: number) {
-  const forward = await startPortForward({ kubeconfig: api.kubeconfig(kubeconfigDir), pod, ports: [`0:${port}`] });
-  try {
-    const cpuBefore = cpuSeconds(pid);
-    const done = await runLoad('download', forward.localPorts[0]!, DOWNLOAD_BYTES);
-    const cpu = (await untilCpuQuiet(pid)) - cpuBefore; // the server has finished the forward
-    if (done.bytes !== DOWNLOAD_BYTES) throw new Error(`moved ${done.bytes} of ${DOWNLOAD_BYTES}`);
-    return { mbps: DOWNLOAD_BYTES / 1e6 / done.seconds, cpuPerGiB: cpu / (DOWNLOAD_BYTES / 2 ** 30) };
-  } finally {
-    await forward.stop();
-  }
 }
 
 async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: number }> {
@@ -56,36 +40,53 @@ async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: n
   return { p50: median(times), rate: LIST_CALLS / (Number(process.hrtime.bigint() - started) / 1e9) };
 }
 
+/** ROUNDS rounds of every measurement, alternating the two sides: the figures of each side per round. */
+async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ containerd: Partial<Figures>[]; ours: Partial<Figures>[] }> {
+  const runs = { containerd: [] as Partial<Figures>[], ours: [] as Partial<Figures>[] };
+  for (let round = 0; round < ROUNDS; round++) {
+    const figures = { containerd: {} as Partial<Figures>, ours: {} as Partial<Figures> };
+    const order = round % 2 === 0 ? (['containerd', 'ours'] as const) : (['ours', 'containerd'] as const);
+    for (const measure of MEASUREMENTS) {
+      for (const name of order) Object.assign(figures[name], await measure(name === 'ours' ? ours : containerd, pod));
+    }
+    runs.containerd.push(figures.containerd);
+    runs.ours.push(figures.ours);
+  }
+  return runs;
+}
+
 export async function proxyBench(): Promise<ProxyBench> {
   const containerd = await startContainerd();
-  const proxied = await startProxy(containerd.address, ['--log-level', 'warn']);
-  const { proxy: ours, viaProxy, direct } = proxied;
-  const apiOurs = await FakeApiServer.start({ criAddress: ours.criAddress, namespace: 'bench' });
-  const apiContainerd = await FakeApiServer.start({ criAddress: containerd.address, namespace: 'bench' });
+  const apps: PodApp[] = [];
+  let proxied: Awaited<ReturnType<typeof startProxy>> | undefined;
+  let apiOurs: FakeApiServer | undefined;
+  let apiContainerd: FakeApiServer | undefined;
   try {
+    proxied = await startProxy(containerd.address, ['--log-level', 'warn']);
+    const { proxy: server, viaProxy, direct } = proxied;
+    apiOurs = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench' });
+    apiContainerd = await FakeApiServer.start({ criAddress: containerd.address, namespace: 'bench' });
     const id = (await viaProxy.call('RunPodSandbox', { config: containerdPodConfig(containerd, 'bench', 'bench') })).pod_sandbox_id;
     const netns = await sandboxNetns(direct, id);
-    const app = await startPodApp(netns, `source:${DOWNLOAD_BYTES}`);
-    const oursRuns = [];
-    const containerdRuns = [];
-    for (let round = 0; round < ROUNDS; round++) {
-      containerdRuns.push(await download(apiContainerd, containerd.dir, id, app.port, containerd.pid));
-      oursRuns.push(await download(apiOurs, ours.dir, id, app.port, ours.proc.pid!));
-    }
-    await app.stop();
+    for (const mode of ['echo', 'sink', `source:${TRANSFER_BYTES}`] as const) apps.push(await startPodApp(netns, mode));
+    const pod: Pod = { id, echoPort: apps[0]!.port, sinkPort: apps[1]!.port, sourcePort: apps[2]!.port };
+    const runs = await alternate(
+      { api: apiContainerd, kubeconfigDir: containerd.dir, serverPid: containerd.pid },
+      { api: apiOurs, kubeconfigDir: server.dir, serverPid: server.proc.pid!, upstreamPid: containerd.pid },
+      pod,
+    );
     const listDirect = await listLatencies(direct);
     const listProxy = await listLatencies(viaProxy);
     return {
-      oursMBps: median(oursRuns.map((r) => r.mbps)),
-      containerdMBps: median(containerdRuns.map((r) => r.mbps)),
-      oursCpuPerGiB: median(oursRuns.map((r) => r.cpuPerGiB)),
-      containerdCpuPerGiB: median(containerdRuns.map((r) => r.cpuPerGiB)),
+      ours: medians(runs.ours),
+      containerd: medians(runs.containerd),
       listP50AddedMs: listProxy.p50 - listDirect.p50,
       listRateRatio: listProxy.rate / listDirect.rate,
     };
   } finally {
-    await apiOurs.close();
-    await apiContainerd.close();
+    for (const app of apps) await app.stop();
+    await apiOurs?.close();
+    await apiContainerd?.close();
     await removeAllSandboxes(containerd.address);
     await stopProxy(proxied);
     await containerd.stop();

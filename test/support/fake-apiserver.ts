@@ -313,6 +313,10 @@ export class FakeApiServer {
       target.protocol === 'https:'
         ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ...this.#streamTls })
         : net.connect({ host, port, allowHalfOpen: true });
+    // As kubelet's proxy: Go sets TCP_NODELAY on every TCP connection. Without it, a small
+    // write that follows another waits for the server's delayed ACK (~40 ms), and
+    // round-trip latencies through kubectl measure this relay rather than the server.
+    backend.setNoDelay(true);
     this.#track(backend);
 
     const lines = [`${req.method} ${target.pathname}${target.search} HTTP/1.1`, `Host: ${target.host}`];

@@ -1,0 +1,113 @@
+// One round of proxy mode's kubectl measurements for one side (containerd's own streaming
+// server, or ours in front of it), and the medians over rounds. Each measurement runs a
+// fresh kubectl (plain SPDY) against one of three apps in the same sandbox:
+// - 256 MiB download (source app) and upload (sink app): MB/s and the server's CPU s/GiB;
+// - the connection rate (echo app) and CPU per connection (kubectl-echo.ts), 400
+//   connections a round (2000 over the 5 rounds) after 32 to warm up: containerd holds
+//   every connection 1 s after the client's FIN (it never half-closes the pod side and
+//   waits out its grace period), so 2000 a round would take over 2 minutes each;
+// - the 64-byte round-trip latency, p50 and p99 (kubectl-echo.ts).
+
+import type { FakeApiServer } from '../test/support/fake-apiserver';
+import { kubectlConnectionRate, kubectlLatency, throughKubectl, type KubectlTarget } from './kubectl-echo';
+import { runLoad, type Direction } from './pod-side';
+import { cpuOf } from './proc';
+import { median } from './stats';
+
+export const TRANSFER_BYTES = 256 * 2 ** 20;
+const CONNECTIONS_PER_ROUND = 400;
+const WARM_UP_CONNECTIONS_PER_ROUND = 32;
+
+/** What kubectl talks to, and whose CPU counts. */
+export interface Side {
+  api: FakeApiServer;
+  kubeconfigDir: string;
+  /** The streaming server's process: its CPU is a transfer's cost. */
+  serverPid: number;
+  /**
+   * For ours, the containerd it asks for the sandbox (PodSandboxStatus upstream): its CPU
+   * counts in the cost of a connection too.
+   */
+  upstreamPid?: number;
+}
+
+/** The pod side: one sandbox, three apps. */
+export interface Pod {
+  id: string;
+  echoPort: number;
+  sinkPort: number;
+  sourcePort: number;
+}
+
+export interface Figures {
+  downloadMBps: number;
+  downloadCpuPerGiB: number;
+  uploadMBps: number;
+  uploadCpuPerGiB: number;
+  connectionsPerSecond: number;
+  /** Server and upstream CPU per connection. */
+  cpuMsPerConnection: number;
+  /** The upstream's part of it (0 without an upstream). */
+  upstreamCpuMsPerConnection: number;
+  p50Us: number;
+  p99Us: number;
+}
+
+type Measurement = (side: Side, pod: Pod) => Promise<Partial<Figures>>;
+
+function target(side: Side, pod: string, port: number): KubectlTarget {
+  return { api: side.api, kubeconfigDir: side.kubeconfigDir, pod, port };
+}
+
+async function transfer(side: Side, pod: Pod, direction: Direction): Promise<{ mbps: number; cpuPerGiB: number }> {
+  const port = direction === 'download' ? pod.sourcePort : pod.sinkPort;
+  return throughKubectl(target(side, pod.id, port), async (localPort) => {
+    const { result: done, cpuSeconds } = await cpuOf([side.serverPid], () => runLoad(direction, localPort, TRANSFER_BYTES));
+    if (done.bytes !== TRANSFER_BYTES) throw new Error(`${direction}: moved ${done.bytes} of ${TRANSFER_BYTES} bytes`);
+    return { mbps: TRANSFER_BYTES / 1e6 / done.seconds, cpuPerGiB: cpuSeconds / (TRANSFER_BYTES / 2 ** 30) };
+  });
+}
+
+/** Each runs for both sides in turn before the next starts, so both see the same moment of the machine. */
+export const MEASUREMENTS: Measurement[] = [
+  async (side, pod) => {
+    const t = await transfer(side, pod, 'download');
+    return { downloadMBps: t.mbps, downloadCpuPerGiB: t.cpuPerGiB };
+  },
+  async (side, pod) => {
+    const t = await transfer(side, pod, 'upload');
+    return { uploadMBps: t.mbps, uploadCpuPerGiB: t.cpuPerGiB };
+  },
+  async (side, pod) => {
+    const pids = side.upstreamPid === undefined ? [side.serverPid] : [side.serverPid, side.upstreamPid];
+    const r = await kubectlConnectionRate(target(side, pod.id, pod.echoPort), pids, {
+      connections: CONNECTIONS_PER_ROUND,
+      warmUp: WARM_UP_CONNECTIONS_PER_ROUND,
+    });
+    return {
+      connectionsPerSecond: r.connectionsPerSecond,
+      cpuMsPerConnection: r.cpuMsPerConnection,
+      upstreamCpuMsPerConnection: r.eachCpuMsPerConnection[1] ?? 0,
+    };
+  },
+  async (side, pod) => {
+    const l = await kubectlLatency(target(side, pod.id, pod.echoPort));
+    return { p50Us: l.p50Us, p99Us: l.p99Us };
+  },
+];
+
+/** Each figure's median over the rounds (taken figure by figure). */
+export function medians(rounds: Partial<Figures>[]): Figures {
+  const of = (key: keyof Figures): number => median(rounds.map((r) => r[key]).filter((v): v is number => v !== undefined));
+  return {
+    downloadMBps: of('downloadMBps'),
+    downloadCpuPerGiB: of('downloadCpuPerGiB'),
+    uploadMBps: of('uploadMBps'),
+    uploadCpuPerGiB: of('uploadCpuPerGiB'),
+    connectionsPerSecond: of('connectionsPerSecond'),
+    cpuMsPerConnection: of('cpuMsPerConnection'),
+    upstreamCpuMsPerConnection: of('upstreamCpuMsPerConnection'),
+    p50Us: of('p50Us'),
+    p99Us: of('p99Us'),
+  };
+}
