@@ -1,9 +1,10 @@
-// Proxy mode against containerd itself, in one run on one sandbox with an echo, a sink and a
-// source app: kubectl via containerd's own streaming server and via ours, ALTERNATING
-// (each measurement runs for both sides before the next; who goes first swaps every round;
-// medians of 5 rounds, these machines are noisy). The measurements of a round are in
-// proxy-rounds.ts: 256 MiB down and up (MB/s, server CPU s/GiB), the connection rate
-// (400 connections a round) and CPU per connection (ours counts the containerd CPU it causes), 64-byte round trips.
+// Proxy mode against containerd itself, in one run on one sandbox with four apps (echo,
+// reply-and-close, sink, source): kubectl via containerd's own streaming server and via
+// ours, ALTERNATING (each measurement runs for both sides before the next; who goes first
+// swaps every round; medians of 5 rounds, these machines are noisy). The measurements of a
+// round are in proxy-rounds.ts: 256 MiB down and up (MB/s, server CPU s/GiB), the
+// connection rate (2000 connections a round) and CPU per connection (ours counts the
+// containerd CPU it causes), 64-byte round trips.
 // Then the pass-through cost on ListPodSandbox.
 
 import { startPodApp, type PodApp } from '../test/support/apps';
@@ -12,6 +13,7 @@ import { sandboxNetns, type CriTestClient } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startProxy, stopProxy } from '../test/support/proxy';
 import { medians, MEASUREMENTS, TRANSFER_BYTES, type Figures, type Pod, type Side } from './proxy-rounds';
+import { ECHO_BYTES } from './echo-client';
 import { median } from './stats';
 
 const ROUNDS = 5;
@@ -68,8 +70,8 @@ export async function proxyBench(): Promise<ProxyBench> {
     apiContainerd = await FakeApiServer.start({ criAddress: containerd.address, namespace: 'bench' });
     const id = (await viaProxy.call('RunPodSandbox', { config: containerdPodConfig(containerd, 'bench', 'bench') })).pod_sandbox_id;
     const netns = await sandboxNetns(direct, id);
-    for (const mode of ['echo', 'sink', `source:${TRANSFER_BYTES}`] as const) apps.push(await startPodApp(netns, mode));
-    const pod: Pod = { id, echoPort: apps[0]!.port, sinkPort: apps[1]!.port, sourcePort: apps[2]!.port };
+    for (const mode of ['echo', `reply-and-close:${ECHO_BYTES}`, 'sink', `source:${TRANSFER_BYTES}`] as const) apps.push(await startPodApp(netns, mode));
+    const pod: Pod = { id, echoPort: apps[0]!.port, replyPort: apps[1]!.port, sinkPort: apps[2]!.port, sourcePort: apps[3]!.port };
     const runs = await alternate(
       { api: apiContainerd, kubeconfigDir: containerd.dir, serverPid: containerd.pid },
       { api: apiOurs, kubeconfigDir: server.dir, serverPid: server.proc.pid!, upstreamPid: containerd.pid },

@@ -22,6 +22,7 @@ export type PodAppMode =
   | 'ignore'
   | 'sink'
   | `source:${number}`
+  | `reply-and-close:${number}`
   | `trickle-after-eof:${number}:${number}`;
 
 export async function startPodApp(

@@ -5,7 +5,9 @@
 // writes 100 bytes and ends), never-close (reads, never ends), reset (writes 1 MiB, then
 // resets once the client has sent something), flood (writes forever), ignore (never
 // reads), source:<bytes> (writes that many bytes, then ends), sink (reads to EOF, then ends),
-// trickle-after-eof:<count>:<ms> (after EOF, writes <count> bytes one every <ms>, then ends).
+// trickle-after-eof:<count>:<ms> (after EOF, writes <count> bytes one every <ms>, then ends),
+// reply-and-close:<bytes> (echoes the first <bytes>, then ends: a server that answers one
+// request and closes, as HTTP/1.0 does).
 
 import { createServer, type Socket } from 'node:net';
 import { writeFill } from './tcp-client';
@@ -27,6 +29,17 @@ function serve(socket: Socket): void {
           socket.end();
         }
       }, everyMs);
+    });
+    return;
+  }
+  if (mode?.startsWith('reply-and-close:')) {
+    let left = Number(mode.slice('reply-and-close:'.length));
+    socket.on('data', (chunk: Buffer) => {
+      if (left === 0) return;
+      const answer = chunk.subarray(0, left);
+      left -= answer.length;
+      socket.write(answer);
+      if (left === 0) socket.end();
     });
     return;
   }
