@@ -312,7 +312,7 @@ export class Pipe {
 
   // A side that closes without an error or its end was destroyed: the pipe cannot go on.
   readonly #onPodClose = (): void => {
-    if (!this.#podDone || !this.#clientDone) this.#finish('pod-error', new Error('pod connection closed'));
+    if (this.#result === undefined && (!this.#podDone || !this.#clientDone)) this.#finish('pod-error', new Error('pod connection closed'));
   };
 
   readonly #onClientClose = (): void => {
