@@ -738,6 +738,46 @@ describe('SpdySession', () => {
       assert.equal(received, length);
     }));
 
+  it('writes the frames of one event-loop turn in one writev, before the turn ends', async () => {
+    const writes: number[] = []; // frames per transport write call
+    const written: Buffer[] = [];
+    const transport = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        writes.push(splitFrames(chunk).length);
+        written.push(Buffer.from(chunk));
+        callback();
+      },
+      writev(chunks: { chunk: Buffer }[], callback) {
+        const all = Buffer.concat(chunks.map((c) => c.chunk));
+        writes.push(splitFrames(all).length);
+        written.push(all);
+        callback();
+      },
+    });
+    const session = new SpdySession(transport, {
+      idleTimeoutMs: 60_000,
+      log,
+      onStream: (stream) => {
+        stream.on('error', () => undefined); // the session's end destroys it with an error
+        session.reply(stream);
+      },
+    });
+    await tick();
+    const deflater = new PeerDeflater();
+    const syns = [await synStream(deflater, 1, portForwardHeaders('error', 80, 0)), await synStream(deflater, 3, portForwardHeaders('data', 80, 0))];
+    deflater.close();
+    transport.push(Buffer.concat([...syns, pingFrame(1)]));
+    await tick(); // the check phase after this chunk's poll phase
+    assert.deepEqual(writes, [3], 'two SYN_REPLYs and the PING echo in one write');
+    assert.deepEqual(
+      splitFrames(Buffer.concat(written)).map((f) => [f.type, f.type === T.Ping ? f.body.readUInt32BE(0) : f.streamId]),
+      [[T.SynReply, 1], [T.SynReply, 3], [T.Ping, 1]],
+    );
+    transport.destroy();
+    await withTimeout(session.ended, 5000, 'session.ended');
+  });
+
   it("does not stop reading for a stream's last DATA (FIN) past its bound: nothing more can come for it", async () => {
     const streams: SpdyStream[] = [];
     const d = driven((stream) => streams.push(stream));
