@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
@@ -44,6 +44,17 @@ async function echoRoundTrip(forwarded: { client: Socket }, payload: Buffer): Pr
   const received = readAll(forwarded.client);
   forwarded.client.end(payload);
   return received;
+}
+
+/** Each thread of this process and its scheduling policy (field 41 of its stat). */
+function threadPolicies(): Map<number, number> {
+  const policies = new Map<number, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields from 3 on
+    policies.set(Number(tid), Number(fields[41 - 3]));
+  }
+  return policies;
 }
 
 describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
@@ -162,6 +173,13 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     await dialMany(forwarder, sandboxId, echo.port, 10_000, 8);
     assert.deepEqual([...threadNamespaces()], [hostNs]);
     assert.equal(fdCount(), fdsBefore);
+    // The threads that dialled run SCHED_BATCH (waking one must not preempt the main
+    // thread); the main thread keeps the normal policy.
+    const SCHED_OTHER = 0;
+    const SCHED_BATCH = 3;
+    const policies = threadPolicies();
+    assert.equal(policies.get(process.pid), SCHED_OTHER);
+    assert.ok([...policies.values()].includes(SCHED_BATCH), `thread policies: ${JSON.stringify([...policies])}`);
   });
 
   it('propagates half-close: "abc" then FIN, the app answers 100 bytes after EOF', async () => {
