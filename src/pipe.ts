@@ -22,8 +22,7 @@
 // so pod -> client costs no allocation but the view Node needs for each write. The buffer
 // is reused only once the client has taken the previous chunk: while a write is pending
 // the pod socket does not read. This relies on the Writable contract that a stream does
-// not touch a chunk after calling its write callback. A small read (interactive traffic)
-// is copied instead, so reading goes on without a stop and restart per round trip.
+// not touch a chunk after calling its write callback.
 //
 // Memory bound per pipe, beyond kernel socket buffers: pod -> client holds one read buffer
 // (the chunk in flight is a view of it): 16 KiB, or 1 MiB while a bulk transfer fills it
@@ -49,11 +48,6 @@ export const POD_READ_BUFFER_BYTES = 16 * 1024;
  * 0.35-0.45), at the price of this much memory while a transfer is running.
  */
 export const POD_BULK_READ_BUFFER_BYTES = 1024 * 1024;
-/**
- * Reads up to this size are copied out of the read buffer (from Node's buffer pool, which
- * serves allocations up to 4 KiB) rather than handed on as a view of it.
- */
-const COPIED_READ_BYTES = 4 * 1024;
 /** A read shorter than this does not look like a bulk transfer. */
 const SHORT_READ_BYTES = 64 * 1024;
 /**
@@ -189,17 +183,9 @@ export class Pipe {
     if (this.#inGrace) this.#lastMovedAt = Date.now();
     this.#sizePodBuffer(nread, buffer.length);
     const client = this.#client;
-    if (nread <= COPIED_READ_BYTES) {
-      // A small read (an answer, a keystroke) is copied out, so the buffer is free at once
-      // and the socket reads on while the client write is pending: stopping and restarting
-      // reads cost two epoll_ctl calls per round trip.
-      if (client.write(Buffer.from(buffer.subarray(0, nread)), this.#onClientWritten)) return true;
-    } else {
-      client.write(nread === buffer.length ? buffer : buffer.subarray(0, nread), this.#onClientWritten);
-      if (client.writableLength === 0) return true;
-    }
-    // The client holds a view of our buffer, or more than it wants queued: stop reading
-    // until it lets go.
+    client.write(nread === buffer.length ? buffer : buffer.subarray(0, nread), this.#onClientWritten);
+    if (client.writableLength === 0) return true;
+    // The client still holds a view of our buffer: stop reading until it lets go.
     this.#podReadBlocked = true;
     return false;
   };
