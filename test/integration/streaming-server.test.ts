@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -12,6 +13,8 @@ import { after, before, describe, it } from 'node:test';
 import { criClient, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
 import { cleanUpAndAssertNothingLeft, makeTempDir, serverMetric, startServer, type ServerProcess } from '../support/server-process';
 import { until } from '../support/until';
+import { startPodApp } from '../support/apps';
+import { channelBytes, openChannels } from '../support/ws-client';
 
 interface Reply {
   status: number;
@@ -180,5 +183,26 @@ describe('streaming server over TLS', () => {
     cri.close();
     // Plain http to the TLS port gets no answer we could mistake for success.
     await assert.rejects(request(server.streamBaseUrl.replace('https:', 'http:') + '/healthz'));
+  });
+
+  it('forwards over wss (a TLS socket keeps Node\'s own reads): 1 MiB up and back', async () => {
+    const ca = readFileSync(join(dir, 'cert.pem'));
+    const echo = await startPodApp(null, 'echo');
+    const cri = criClient(server.criAddress);
+    try {
+      const id = (await cri.call('RunPodSandbox', { config: podConfig('tls-echo', HOST_NETWORK) })).pod_sandbox_id;
+      const { url } = await cri.call('PortForward', { pod_sandbox_id: id, port: [echo.port] });
+      const o = await openChannels(url, ['v4.channel.k8s.io'], { ca });
+      const payload = randomBytes(1 << 20);
+      for (let at = 0; at < payload.length; at += 16 * 1024) o.ws.send(Buffer.concat([Buffer.from([0]), payload.subarray(at, at + 16 * 1024)]));
+      await until('the echo over wss', () => channelBytes(o, 0).length >= 2 + payload.length, { timeoutMs: 20_000 });
+      assert.ok(channelBytes(o, 0).subarray(2).equals(payload));
+      o.ws.close(1000);
+      await o.closed;
+      await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
+    } finally {
+      cri.close();
+      await echo.stop();
+    }
   });
 });

@@ -10,8 +10,8 @@ export interface Opened {
   closed: Promise<{ code: number; reason: string }>;
 }
 
-export function openChannels(url: string, protocols: string[]): Promise<Opened> {
-  const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols);
+export function openChannels(url: string, protocols: string[], options: WebSocket.ClientOptions = {}): Promise<Opened> {
+  const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols, options);
   const channels = new Map<number, Buffer[]>();
   ws.on('message', (data: Buffer, isBinary: boolean) => {
     const channel = isBinary ? data[0]! : data[0]! - 48;
