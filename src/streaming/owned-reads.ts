@@ -11,15 +11,20 @@
 // it ('data', as before), so a DATA payload reaches the pod socket without a copy. Once
 // its rest is too small the slab is retired, and reused only when every view of it has
 // been released (ReadSlabs below). Slabs are small (16 KiB) while reads are short; a read
-// that fills what it was given means bytes are waiting, and the next slabs are 1 MiB while
-// the buffer budget lends the difference (fewer, larger reads: the pod side's bench went
-// from 1.16 to 0.52 s/GiB with the same change); a run of short reads gives it back.
+// that fills what it was given means bytes are waiting, and the next slabs are bulk ones
+// (64 KiB, or 1 MiB for WebSocket v4), with up to 2 MiB of released ones kept for reuse,
+// while the buffer budget lends them; a run of short reads gives them back.
 
 import { Socket } from 'node:net';
 import { BudgetedBound, type BufferBudget } from '../buffer-budget';
 
 const SMALL_SLAB_BYTES = 16 * 1024;
-const BULK_SLAB_BYTES = 1024 * 1024;
+/** Bulk slabs where many streams share a connection (SPDY, the tunnel): see ReadSlabs. */
+export const SHARED_BULK_SLAB_BYTES = 64 * 1024;
+/** Bulk slabs where few streams do (WebSocket v4: a data channel per requested port). */
+export const FEW_STREAMS_BULK_SLAB_BYTES = 1024 * 1024;
+/** Free bulk slabs kept for reuse come to at most this much per socket (on loan). */
+const FREE_BULK_BYTES = 2 * 1024 * 1024;
 /** A rest of a slab smaller than this is not offered to a read: a new slab is taken. */
 const MIN_READ_BYTES = 4 * 1024;
 /** Reads shorter than this in a row before the bulk slabs are given back. */
@@ -73,11 +78,13 @@ export function readIntoOwnedSlabs(
    * this chunk. Without it, the consumer releases each chunk itself.
    */
   holds?: (chunk: Buffer) => boolean,
+  /** SHARED_BULK_SLAB_BYTES unless few streams share the connection. */
+  bulkSlabBytes = SHARED_BULK_SLAB_BYTES,
 ): ChunkTracker | undefined {
   const s = onreadSymbols();
   const handle = (socket as unknown as { _handle: UserBufferHandle | null })._handle;
   if (s === null || handle === null || typeof handle.useUserBuffer !== 'function' || socket.constructor !== Socket) return undefined;
-  const slabs = new ReadSlabs(budget);
+  const slabs = new ReadSlabs(budget, bulkSlabBytes);
   const target = socket as unknown as Record<symbol, unknown>;
   target[s.generator] = slabs.next;
   const held: Buffer[] = []; // chunks `holds` said were still held
@@ -109,42 +116,60 @@ interface Slab {
 }
 
 /**
- * Retired slabs kept for reuse; past this, the oldest is left to the GC. A tunnelled
- * upload has up to 7 slabs in flight (a 256 MiB kubectl upload: 17 slabs made, 247
- * reused with 8; 93 made with 4).
+ * Retired slabs still held by a view, remembered so that they can be reused once released;
+ * past this, the oldest is left to the GC (a view nobody will release, e.g. of a stream
+ * reset with data unread, must not keep a slab alive through us).
  */
-const MAX_RETIRED_SLABS = 8;
+const MAX_HELD_SLABS = 64;
+
+/** Released small slabs kept for reuse (bulk ones: FREE_BULK_BYTES worth, on loan). */
+const MAX_FREE_SMALL_SLABS = 1;
 
 /**
  * The slabs of one socket. A slab is reused once every view of it has been released, so a
  * steady upload reads into the same few slabs instead of allocating a stream of new
  * memory, which V8 answers with a major GC every 64 MiB (a profile of a 1 GiB upload:
- * 27 mark-compacts, a third of the server's CPU). A view that is never released (its
- * stream was reset with it unread) only keeps its slab from being reused.
+ * 27 mark-compacts, a third of the server's CPU). A slab holds the frames of every
+ * stream of its connection and lives as long as its slowest view: where many streams
+ * share one (SPDY, the tunnel), bulk slabs are 64 KiB, Node's own read size, since 1 MiB
+ * slabs pinned that way raised the peak RSS of 1000 concurrent uploads from 180 to 285
+ * MiB; WebSocket v4 carries one data channel per requested port and reads 1 MiB slabs
+ * (fewer messages span two slabs, which ws would copy).
  */
 export class ReadSlabs implements ChunkTracker {
   #current: Slab;
   #offset = 0;
   #shortReads = 0;
+  /** Small slabs, or bulk ones and their free list on loan from the budget. */
   readonly #bound: BudgetedBound;
-  /** Every slab whose views may still be released: the current one and the retired. */
+  /** Every slab whose views may still be released: the current, the held, the free. */
   readonly #tracked = new Map<ArrayBufferLike, Slab>();
-  readonly #retired: Slab[] = [];
+  /** Retired slabs with views out, oldest first. */
+  readonly #held: Slab[] = [];
+  /** Retired slabs with none, ready to be read into again. */
+  readonly #free: Slab[] = [];
 
-  constructor(budget: BufferBudget | undefined) {
-    this.#bound = new BudgetedBound(budget, SMALL_SLAB_BYTES, BULK_SLAB_BYTES);
-    this.#current = this.#newSlab();
+  readonly #bulkSlabBytes: number;
+  readonly #maxFreeBulk: number;
+
+  constructor(budget: BufferBudget | undefined, bulkSlabBytes = SHARED_BULK_SLAB_BYTES) {
+    this.#bulkSlabBytes = bulkSlabBytes;
+    this.#maxFreeBulk = Math.max(2, Math.floor(FREE_BULK_BYTES / bulkSlabBytes));
+    this.#bound = new BudgetedBound(budget, SMALL_SLAB_BYTES, bulkSlabBytes * (1 + this.#maxFreeBulk));
+    this.#current = this.#newSlab(this.#slabBytes());
   }
 
   /** Node asks for the buffer of the next read after each read. */
   readonly next = (): Buffer => {
-    const size = this.#bound.limit;
-    if (this.#current.buffer.length - this.#offset < MIN_READ_BYTES || this.#current.buffer.length !== size) {
-      this.#retire(this.#current);
-      this.#current = this.#reusable(size) ?? this.#newSlab();
-      this.#offset = 0;
+    const size = this.#slabBytes();
+    const current = this.#current;
+    if (current.buffer.length - this.#offset >= MIN_READ_BYTES && current.buffer.length === size) {
+      return current.buffer.subarray(this.#offset);
     }
-    return this.#current.buffer.subarray(this.#offset);
+    this.#retire(current);
+    this.#current = this.#free.pop() ?? this.#newSlab(size);
+    this.#offset = 0;
+    return this.#current.buffer;
   };
 
   used(nread: number, offered: number): void {
@@ -153,11 +178,12 @@ export class ReadSlabs implements ChunkTracker {
     if (nread === offered) {
       // Bytes are waiting: bulk slabs from the next read on, if the budget lends them.
       this.#shortReads = 0;
-      this.#bound.grow();
-    } else if (nread < SHORT_READ_BYTES && this.#bound.limit > SMALL_SLAB_BYTES && ++this.#shortReads >= SHRINK_AFTER_SHORT_READS) {
+      if (!this.#isBulk() && this.#bound.grow()) this.#dropFree();
+    } else if (nread < SHORT_READ_BYTES && this.#isBulk() && ++this.#shortReads >= SHRINK_AFTER_SHORT_READS) {
+      // Back to small slabs: the bulk ones go as they are released.
       this.#shortReads = 0;
       this.#bound.release();
-      this.#forgetRetired();
+      this.#dropFree();
     }
   }
 
@@ -168,46 +194,49 @@ export class ReadSlabs implements ChunkTracker {
 
   release(chunk: Buffer): void {
     const slab = this.#tracked.get(chunk.buffer);
-    if (slab !== undefined) slab.refs--;
+    if (slab === undefined || --slab.refs !== 0 || slab === this.#current) return;
+    const at = this.#held.indexOf(slab);
+    if (at >= 0) this.#held.splice(at, 1);
+    this.#keepFree(slab);
   }
 
   close(): void {
     this.#bound.release();
     this.#tracked.clear();
-    this.#retired.length = 0;
+    this.#held.length = 0;
+    this.#free.length = 0;
   }
 
-  // Back to small slabs: the retired bulk ones will not be read into again. Some may still
-  // be pinned by a view nobody will release (a stream reset with data unread): left to
-  // the GC now, so that at most MAX_RETIRED_SLABS bulk slabs outlive a burst, and only
-  // while the budget lends the session its bulk size.
-  #forgetRetired(): void {
-    for (const slab of this.#retired) this.#tracked.delete(slab.buffer.buffer);
-    this.#retired.length = 0;
+  #isBulk(): boolean {
+    return this.#bound.limit > SMALL_SLAB_BYTES;
   }
 
-  #newSlab(): Slab {
-    const slab = { buffer: Buffer.allocUnsafe(this.#bound.limit), refs: 0 };
+  #slabBytes(): number {
+    return this.#isBulk() ? this.#bulkSlabBytes : SMALL_SLAB_BYTES;
+  }
+
+  #newSlab(size: number): Slab {
+    const slab = { buffer: Buffer.allocUnsafe(size), refs: 0 };
     this.#tracked.set(slab.buffer.buffer, slab);
     return slab;
   }
 
   #retire(slab: Slab): void {
-    this.#retired.push(slab);
-    if (this.#retired.length > MAX_RETIRED_SLABS) this.#tracked.delete(this.#retired.shift()!.buffer.buffer);
+    if (slab.refs === 0) return this.#keepFree(slab);
+    this.#held.push(slab);
+    if (this.#held.length > MAX_HELD_SLABS) this.#tracked.delete(this.#held.shift()!.buffer.buffer);
   }
 
-  /** A retired slab of this size that nothing holds; retired ones of another size go. */
-  #reusable(size: number): Slab | undefined {
-    const retired = this.#retired;
-    for (let i = 0; i < retired.length; i++) {
-      const slab = retired[i]!;
-      if (slab.refs !== 0) continue;
-      retired.splice(i, 1);
-      if (slab.buffer.length === size) return slab;
-      this.#tracked.delete(slab.buffer.buffer);
-      i--;
-    }
-    return undefined;
+  /** A slab nothing holds: kept for reuse if it has the current size and there is room. */
+  #keepFree(slab: Slab): void {
+    const room = this.#isBulk() ? this.#maxFreeBulk : MAX_FREE_SMALL_SLABS;
+    if (slab.buffer.length === this.#slabBytes() && this.#free.length < room) this.#free.push(slab);
+    else this.#tracked.delete(slab.buffer.buffer);
+  }
+
+  /** The slab size changed: free slabs of the old size go to the GC. */
+  #dropFree(): void {
+    for (const slab of this.#free) this.#tracked.delete(slab.buffer.buffer);
+    this.#free.length = 0;
   }
 }

@@ -8,7 +8,7 @@ import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
 import { BudgetedBound } from '../../buffer-budget';
-import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
+import { FEW_STREAMS_BULK_SLAB_BYTES, readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
@@ -105,7 +105,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
     let accepted: WebSocket | undefined;
     const chunks =
       socket instanceof Socket
-        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk))
+        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk), FEW_STREAMS_BULK_SLAB_BYTES)
         : undefined;
     void acceptWebSocket(req, socket, head, protocol).then((ws) => {
       accepted = ws;
