@@ -19,10 +19,17 @@ import { Socket } from 'node:net';
 import { BudgetedBound, type BufferBudget } from '../buffer-budget';
 
 const SMALL_SLAB_BYTES = 16 * 1024;
-/** Bulk slabs where many streams share a connection (SPDY, the tunnel): see ReadSlabs. */
+/** Bulk slabs where many streams share a connection: see ReadSlabs. */
 export const SHARED_BULK_SLAB_BYTES = 64 * 1024;
 /** Bulk slabs where few streams do (WebSocket v4: a data channel per requested port). */
 export const FEW_STREAMS_BULK_SLAB_BYTES = 1024 * 1024;
+/** Open SPDY streams up to which a session counts as few-stream: two forwarded connections. */
+const FEW_SPDY_STREAMS = 4;
+
+/** The bulk slab size for a SPDY session with this many open streams. */
+export function spdyBulkSlabBytes(openStreams: number): number {
+  return openStreams <= FEW_SPDY_STREAMS ? FEW_STREAMS_BULK_SLAB_BYTES : SHARED_BULK_SLAB_BYTES;
+}
 /** Free bulk slabs kept for reuse come to at most this much per socket (on loan). */
 const FREE_BULK_BYTES = 2 * 1024 * 1024;
 /** A rest of a slab smaller than this is not offered to a read: a new slab is taken. */
@@ -78,8 +85,8 @@ export function readIntoOwnedSlabs(
    * this chunk. Without it, the consumer releases each chunk itself.
    */
   holds?: (chunk: Buffer) => boolean,
-  /** SHARED_BULK_SLAB_BYTES unless few streams share the connection. */
-  bulkSlabBytes = SHARED_BULK_SLAB_BYTES,
+  /** The bulk slab size, asked at each new slab (it may follow the number of streams). */
+  bulkSlabBytes: () => number = () => SHARED_BULK_SLAB_BYTES,
 ): ChunkTracker | undefined {
   const s = onreadSymbols();
   const handle = (socket as unknown as { _handle: UserBufferHandle | null })._handle;
@@ -131,10 +138,11 @@ const MAX_FREE_SMALL_SLABS = 1;
  * memory, which V8 answers with a major GC every 64 MiB (a profile of a 1 GiB upload:
  * 27 mark-compacts, a third of the server's CPU). A slab holds the frames of every
  * stream of its connection and lives as long as its slowest view: where many streams
- * share one (SPDY, the tunnel), bulk slabs are 64 KiB, Node's own read size, since 1 MiB
- * slabs pinned that way raised the peak RSS of 1000 concurrent uploads from 180 to 285
- * MiB; WebSocket v4 carries one data channel per requested port and reads 1 MiB slabs
- * (fewer messages span two slabs, which ws would copy).
+ * share one, bulk slabs are 64 KiB, Node's own read size, since 1 MiB slabs pinned that
+ * way raised the peak RSS of 1000 concurrent uploads over 4 sessions from 180 to 285 MiB.
+ * Where few do (a SPDY session with at most two connections, WebSocket v4 with a data
+ * channel per requested port) they are 1 MiB: fewer, larger reads (a kubectl upload
+ * 1.56 -> 1.16-1.4 s/GiB in the proxy bench), and fewer ws messages span two slabs.
  */
 export class ReadSlabs implements ChunkTracker {
   #current: Slab;
@@ -149,13 +157,12 @@ export class ReadSlabs implements ChunkTracker {
   /** Retired slabs with none, ready to be read into again. */
   readonly #free: Slab[] = [];
 
-  readonly #bulkSlabBytes: number;
-  readonly #maxFreeBulk: number;
+  readonly #bulkSlabBytes: () => number;
 
-  constructor(budget: BufferBudget | undefined, bulkSlabBytes = SHARED_BULK_SLAB_BYTES) {
+  constructor(budget: BufferBudget | undefined, bulkSlabBytes: () => number = () => SHARED_BULK_SLAB_BYTES) {
     this.#bulkSlabBytes = bulkSlabBytes;
-    this.#maxFreeBulk = Math.max(2, Math.floor(FREE_BULK_BYTES / bulkSlabBytes));
-    this.#bound = new BudgetedBound(budget, SMALL_SLAB_BYTES, bulkSlabBytes * (1 + this.#maxFreeBulk));
+    // The loan covers the largest slabs and their free list.
+    this.#bound = new BudgetedBound(budget, SMALL_SLAB_BYTES, FEW_STREAMS_BULK_SLAB_BYTES + Math.max(FREE_BULK_BYTES, 2 * FEW_STREAMS_BULK_SLAB_BYTES));
     this.#current = this.#newSlab(this.#slabBytes());
   }
 
@@ -167,7 +174,13 @@ export class ReadSlabs implements ChunkTracker {
       return current.buffer.subarray(this.#offset);
     }
     this.#retire(current);
-    this.#current = this.#free.pop() ?? this.#newSlab(size);
+    let slab = this.#free.pop();
+    if (slab !== undefined && slab.buffer.length !== size) {
+      this.#tracked.delete(slab.buffer.buffer); // the size changed: the free list goes
+      this.#dropFree();
+      slab = undefined;
+    }
+    this.#current = slab ?? this.#newSlab(size);
     this.#offset = 0;
     return this.#current.buffer;
   };
@@ -212,7 +225,7 @@ export class ReadSlabs implements ChunkTracker {
   }
 
   #slabBytes(): number {
-    return this.#isBulk() ? this.#bulkSlabBytes : SMALL_SLAB_BYTES;
+    return this.#isBulk() ? this.#bulkSlabBytes() : SMALL_SLAB_BYTES;
   }
 
   #newSlab(size: number): Slab {
@@ -229,8 +242,9 @@ export class ReadSlabs implements ChunkTracker {
 
   /** A slab nothing holds: kept for reuse if it has the current size and there is room. */
   #keepFree(slab: Slab): void {
-    const room = this.#isBulk() ? this.#maxFreeBulk : MAX_FREE_SMALL_SLABS;
-    if (slab.buffer.length === this.#slabBytes() && this.#free.length < room) this.#free.push(slab);
+    const size = this.#slabBytes();
+    const room = this.#isBulk() ? Math.max(2, Math.floor(FREE_BULK_BYTES / size)) : MAX_FREE_SMALL_SLABS;
+    if (slab.buffer.length === size && this.#free.length < room) this.#free.push(slab);
     else this.#tracked.delete(slab.buffer.buffer);
   }
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { BufferBudget } from '../../src/buffer-budget';
-import { ReadSlabs } from '../../src/streaming/owned-reads';
+import { ReadSlabs, spdyBulkSlabBytes } from '../../src/streaming/owned-reads';
 
 /** One read of `n` bytes as Node does it: fill what next() offered, report it. */
 function read(slabs: ReadSlabs, n: number, fill: number): Buffer {
@@ -53,7 +53,7 @@ describe('ReadSlabs', () => {
     assert.equal(slabs.next().length, SMALL);
     read(slabs, SMALL, 1); // filled what it was given: bytes are waiting
     assert.equal(slabs.next().length, BULK);
-    assert.equal(budget.held, 33 * BULK - SMALL, 'the bulk slab and up to 2 MiB of free ones');
+    assert.equal(budget.held, 3 * (1 << 20) - SMALL, 'room for a 1 MiB slab and 2 MiB of free ones');
     slabs.close();
     assert.equal(budget.held, 0);
   });
@@ -81,6 +81,20 @@ describe('ReadSlabs after a burst', () => {
     for (let i = 0; i < 80; i++) read(slabs, BULK, 2); // 80 more slabs, all held
     slabs.release(leaked); // too late: forgotten, so never reused
     for (let i = 0; i < 20; i++) assert.notEqual(read(slabs, BULK, 3).buffer, leaked.buffer);
+    slabs.close();
+  });
+});
+
+describe('ReadSlabs whose bulk size follows the streams', () => {
+  it('reads 1 MiB slabs while few streams share the connection, 64 KiB ones once many do', () => {
+    let streams = 2;
+    const slabs = new ReadSlabs(undefined, () => spdyBulkSlabBytes(streams));
+    assert.equal(read(slabs, 1 << 20, 1).buffer.byteLength, 1 << 20);
+    streams = 40;
+    const next = read(slabs, BULK, 2);
+    assert.equal(next.buffer.byteLength, BULK, 'a new slab of the new size at once');
+    streams = 2;
+    assert.equal(read(slabs, 100, 3).buffer.byteLength, 1 << 20);
     slabs.close();
   });
 });

@@ -13,7 +13,7 @@ import { Socket } from 'node:net';
 import { GoAwayStatus, RstCode } from '../spdy/constants';
 import { SpdySession } from '../spdy/session';
 import type { SpdyStream } from '../spdy/stream';
-import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
+import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
@@ -155,8 +155,10 @@ export class SpdyPortForwardProtocol implements PortForwardProtocol {
     }
     socket.write(handshake.response);
     (socket as Socket).setNoDelay?.(true);
-    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget) : undefined;
-    const pf = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy', chunks);
+    let pf: SpdyPortForwardSession | undefined;
+    const slabBytes = (): number => spdyBulkSlabBytes(pf?.session.streamCount ?? 0);
+    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, undefined, slabBytes) : undefined;
+    pf = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy', chunks);
     pf.session.pushInitial(head);
   }
 }

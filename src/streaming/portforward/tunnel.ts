@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
-import { readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
+import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import type { PortForwardProtocol } from '../protocol';
 import type { PortForwardGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
@@ -83,13 +83,13 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
     // The socket reads into reused slabs as plain SPDY's does; ws keeps the first part of a
     // frame that spans reads, so a chunk is released once ws holds none of it.
     let accepted: WebSocket | undefined;
-    const chunks =
-      socket instanceof Socket
-        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk))
-        : undefined;
+    let pf: SpdyPortForwardSession | undefined;
+    const holds = (chunk: Buffer): boolean => accepted === undefined || receiverHolds(accepted, chunk);
+    const slabBytes = (): number => spdyBulkSlabBytes(pf?.session.streamCount ?? 0);
+    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, holds, slabBytes) : undefined;
     void acceptWebSocket(req, socket, head, SPDY_TUNNEL_PROTOCOL).then((ws) => {
       accepted = ws;
-      const pf = new SpdyPortForwardSession(new WebSocketByteStream(ws, chunks), grant, this.deps, 'spdy-websocket', chunks);
+      pf = new SpdyPortForwardSession(new WebSocketByteStream(ws, chunks), grant, this.deps, 'spdy-websocket', chunks);
       // WebSocket pings keep proxies on the way open; the SPDY session has its own idle timeout.
       const stop = keepAlive(ws, this.deps.pingIntervalMs, Number.MAX_SAFE_INTEGER, () => undefined);
       void pf.session.ended.then(stop);

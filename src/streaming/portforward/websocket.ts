@@ -105,7 +105,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
     let accepted: WebSocket | undefined;
     const chunks =
       socket instanceof Socket
-        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk), FEW_STREAMS_BULK_SLAB_BYTES)
+        ? readIntoOwnedSlabs(socket, this.deps.budget, (chunk) => accepted === undefined || receiverHolds(accepted, chunk), () => FEW_STREAMS_BULK_SLAB_BYTES)
         : undefined;
     void acceptWebSocket(req, socket, head, protocol).then((ws) => {
       accepted = ws;
