@@ -12,8 +12,8 @@
 // its rest is too small the slab is retired, and reused only when every view of it has
 // been released (ReadSlabs below). Slabs are small (16 KiB) while reads are short; a read
 // that fills what it was given means bytes are waiting, and the next slabs are bulk ones
-// (64 KiB, or 1 MiB for WebSocket v4), with up to 2 MiB of released ones kept for reuse,
-// while the buffer budget lends them; a run of short reads gives them back.
+// (64 KiB, or 1 MiB where few streams share the connection), with some released ones kept
+// for reuse, while the buffer budget lends them; a run of short reads gives them back.
 
 import { Socket } from 'node:net';
 import { BudgetedBound, type BufferBudget } from '../buffer-budget';
@@ -26,10 +26,6 @@ export const FEW_STREAMS_BULK_SLAB_BYTES = 1024 * 1024;
 /** Open SPDY streams up to which a session counts as few-stream: two forwarded connections. */
 const FEW_SPDY_STREAMS = 4;
 
-/** The bulk slab size for a SPDY session with this many open streams. */
-export function spdyBulkSlabBytes(openStreams: number): number {
-  return openStreams <= FEW_SPDY_STREAMS ? FEW_STREAMS_BULK_SLAB_BYTES : SHARED_BULK_SLAB_BYTES;
-}
 /** Free bulk slabs kept for reuse come to this much per socket (on loan)... */
 const FREE_BULK_BYTES = 2 * 1024 * 1024;
 /**
@@ -42,6 +38,11 @@ const MIN_READ_BYTES = 4 * 1024;
 /** Reads shorter than this in a row before the bulk slabs are given back. */
 const SHRINK_AFTER_SHORT_READS = 32;
 const SHORT_READ_BYTES = 64 * 1024;
+
+/** The bulk slab size for a SPDY session with this many open streams. */
+export function spdyBulkSlabBytes(openStreams: number): number {
+  return openStreams <= FEW_SPDY_STREAMS ? FEW_STREAMS_BULK_SLAB_BYTES : SHARED_BULK_SLAB_BYTES;
+}
 
 interface OnreadSymbols {
   buffer: symbol;
