@@ -108,6 +108,17 @@ interface ZlibHandle {
 }
 type InflateWithHandle = Inflate & { _handle: ZlibHandle | null; _writeState: Uint32Array };
 
+// Checked once at start, so that a Node whose zlib stream lacks what decode() drives fails
+// with this message when the server starts, not with a TypeError on every SYN_STREAM.
+{
+  const probe = createInflate() as InflateWithHandle;
+  const usable = typeof probe._handle?.writeSync === 'function' && probe._writeState instanceof Uint32Array;
+  probe.close();
+  if (!usable) {
+    throw new Error(`this Node (${process.version}) has no synchronous handle on its zlib streams (_handle.writeSync, _writeState): SPDY header blocks cannot be inflated`);
+  }
+}
+
 /**
  * Where every block is inflated: decoding is synchronous and single-threaded, and the
  * headers are copied out as strings, so one buffer serves all sessions. One byte over the
