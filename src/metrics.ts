@@ -2,6 +2,7 @@
 // servers in one process, as in tests, never share counters.
 
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { memoryTrims } from './memory-trim';
 
 export type TokenRejectReason = 'unknown' | 'limit';
 
@@ -64,6 +65,15 @@ export function createMetrics(): Metrics {
     collect() {
       this.reset();
       this.inc(budget.refusals);
+    },
+  });
+  new Counter({
+    name: 'cri_portforward_memory_trims_total',
+    help: 'Times the quiet server collected garbage and gave free pages back to the kernel after a burst.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(memoryTrims());
     },
   });
   new Gauge({
