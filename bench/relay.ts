@@ -6,10 +6,12 @@
 import { createServer } from 'node:net';
 import { Forwarder } from '../src/netns/forwarder';
 import { Pipe } from '../src/pipe';
+import { podPorts } from '../src/policy/port-policy';
 
 const [netnsArg, targetPort] = process.argv.slice(2);
 const netnsPath = netnsArg === '-' ? null : (netnsArg ?? null);
-const forwarder = new Forwarder({ resolve: async (id) => ({ id, ready: true, netnsPath }) });
+const pod = { namespace: 'bench', name: 'relay', uid: '' };
+const forwarder = new Forwarder({ resolve: async (id) => ({ id, ready: true, netnsPath, pod, ports: podPorts(undefined, {}) }) });
 
 const server = createServer({ allowHalfOpen: true }, async (clientSide) => {
   server.close();

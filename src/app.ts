@@ -3,12 +3,14 @@
 import { BufferBudget } from './buffer-budget';
 import { hasSysAdmin } from './capabilities';
 import type { Config } from './config';
+import type { PortForwardRequestMsg } from './cri-api';
 import { issuePortForward } from './cri/portforward';
 import { CriProxyServer } from './cri/proxy';
 import { CriServer } from './cri/server';
 import type { Logger } from './log';
 import { createMetrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
+import { PortPolicy } from './policy/port-policy';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
 import { CachingSandboxResolver } from './sandbox/resolve-cache';
 import type { SandboxResolver } from './sandbox/types';
@@ -41,8 +43,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   });
   const budget = new BufferBudget(config.maxBufferMemory);
   metrics.observeBudget(budget);
+  const policy = new PortPolicy(config.portPolicy);
   const forwardDeps = {
     forwarder: new Forwarder(resolver),
+    policy,
     metrics,
     log: log.child({ component: 'portforward' }),
     halfCloseGraceMs: config.halfCloseGraceMs,
@@ -69,11 +73,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     throw err;
   });
   const criLog = log.child({ component: 'cri' });
+  const issuer = { resolver, tokens, streamBaseUrl: streaming.baseUrl, policy, metrics, log: criLog };
+  const portForward = (req: PortForwardRequestMsg): Promise<{ url: string }> => issuePortForward(issuer, req);
   const cri: { address: string; close(): Promise<void> } = await (store
-    ? CriServer.listen(config.criSocket, { store, tokens, streamBaseUrl: streaming.baseUrl, log: criLog })
+    ? CriServer.listen(config.criSocket, { store, portForward, log: criLog })
     : CriProxyServer.listen(config.criSocket, {
         upstream: config.upstream!,
-        portForward: (req) => issuePortForward({ resolver, tokens, streamBaseUrl: streaming.baseUrl }, req),
+        portForward,
         onSandboxesChanged: () => upstreamSandboxes!.forgetAll(),
         log: criLog,
       })

@@ -4,6 +4,7 @@
 import { isAbsolute } from 'node:path';
 import { isIP } from 'node:net';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from './log';
+import { PORT_FORWARD_ANNOTATION, PORT_POLICY_MODES, PORTS_ANNOTATION, type PortPolicyMode } from './policy/port-policy';
 
 /** Where CRI clients (kubelet, crictl) reach us. */
 export const DEFAULT_CRI_SOCKET = '/run/cri-portforward/cri.sock';
@@ -46,6 +47,8 @@ export interface Config {
   streamStallTimeoutMs: number;
   /** Bytes all forwarded connections together may hold beyond their base buffers. */
   maxBufferMemory: number;
+  /** Which ports of a pod port-forward may reach (policy/port-policy.ts). */
+  portPolicy: PortPolicyMode;
 }
 
 export class ConfigError extends Error {
@@ -74,6 +77,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   { name: 'max-inflight-tokens', value: 'n', default: String(DEFAULT_MAX_INFLIGHT_TOKENS), help: 'PortForward URLs issued and not yet redeemed; beyond it PortForward answers RESOURCE_EXHAUSTED' },
   { name: 'half-close-grace', value: 'duration', default: '1s', help: 'once one direction of a forwarded connection has ended, how long the other may stay idle (no byte moved) before both are ended with a FIN (containerd: 1s from the first end, busy or not)' },
   { name: 'stream-idle-timeout', value: 'duration', default: '4h', help: 'end a port-forward session that carried no frame for this long' },
+  { name: 'port-policy', value: 'any|declared', default: 'any', help: `which ports of a pod port-forward may reach: any port, or only the pod's declared TCP container ports and those its annotation ${PORTS_ANNOTATION} lists (e.g. "8080,9000-9010" or "*"); under either, the annotation ${PORT_FORWARD_ANNOTATION}: deny closes the pod` },
   { name: 'refused-dial', value: 'reset|error', default: 'reset', help: 'nothing listens on a forwarded port: reset that connection only (the session lives on), or write the error as upstream does (kubectl then exits)' },
   { name: 'stream-creation-timeout', value: 'duration', default: '30s', help: 'a SPDY forwarded connection whose error and data streams have not both arrived by then is dropped (upstream: 30s)' },
   { name: 'max-buffer-memory', value: 'size', default: '64Mi', help: 'what all forwarded connections together may hold beyond their small base buffers (bulk read buffers, write queues, stream and channel receive buffers); past it they apply backpressure instead of growing (e.g. 64Mi, 512Ki, 1Gi)' },
@@ -118,6 +122,7 @@ export function buildConfig(flags: RawFlags): Config {
     websocketPingIntervalMs: positiveDuration('websocket-ping-interval', get('websocket-ping-interval') ?? ''),
     streamStallTimeoutMs: positiveDuration('stream-stall-timeout', get('stream-stall-timeout') ?? ''),
     maxBufferMemory: parseSize('max-buffer-memory', get('max-buffer-memory') ?? ''),
+    portPolicy: parsePortPolicy(get('port-policy') ?? ''),
   };
 }
 
@@ -138,6 +143,12 @@ function parseRefusedDial(value: string): 'reset' | 'error' {
     throw new ConfigError(`--refused-dial must be reset or error, not "${value}"`);
   }
   return value;
+}
+
+function parsePortPolicy(value: string): PortPolicyMode {
+  const mode = PORT_POLICY_MODES.find((m) => m === value);
+  if (mode === undefined) throw new ConfigError(`--port-policy must be one of ${PORT_POLICY_MODES.join(', ')}, not "${value}"`);
+  return mode;
 }
 
 function requirePath(flag: string, value: string | undefined): string {

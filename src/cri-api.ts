@@ -36,10 +36,18 @@ export interface PodSandboxMetadataMsg {
   attempt: number;
 }
 
+export interface PortMappingMsg {
+  protocol: string;
+  container_port: number;
+  host_port: number;
+  host_ip: string;
+}
+
 export interface PodSandboxConfigMsg {
   metadata: PodSandboxMetadataMsg | null;
   labels: Record<string, string>;
   annotations: Record<string, string>;
+  port_mappings: PortMappingMsg[];
   linux: {
     security_context: { namespace_options: { network: string } | null } | null;
   } | null;

@@ -24,6 +24,7 @@ export interface Metrics {
   readonly bytesToClient: { inc(value: number): void };
   readonly spdyPings: Counter;
   readonly streamStallResets: Counter;
+  readonly policyDenied: Counter<'reason'>;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
   /** Report the buffer budget (capacity, held, refusals) on every scrape. */
@@ -154,6 +155,12 @@ export function createMetrics(): Metrics {
     streamStallResets: new Counter({
       name: 'cri_portforward_stream_stall_resets_total',
       help: 'SPDY streams reset because they held a full receive buffer without progress for --stream-stall-timeout.',
+      registers: [registry],
+    }),
+    policyDenied: new Counter({
+      name: 'cri_portforward_policy_denied_total',
+      help: 'Port-forwards refused by --port-policy and pod annotations, at PortForward or per connection, by reason (pod-denies, not-declared, bad-annotation).',
+      labelNames: ['reason'],
       registers: [registry],
     }),
     observeSandboxes(count) {

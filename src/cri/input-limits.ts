@@ -5,7 +5,10 @@
 // input clips it (errors.ts). CRI itself sets no bounds; ours follow Kubernetes' own
 // validation, generous enough that no request a kubelet makes is refused.
 
+import type { PortMappingMsg } from '../cri-api';
 import { clip, invalidArgument } from '../errors';
+import { annotationProblem } from '../policy/port-policy';
+import type { PortMapping } from '../sandbox/types';
 
 /** A whole gRPC request message (both modes): kubelet's are far smaller; crictl's default is 16 MiB too. */
 export const MESSAGE_MAX_BYTES = 16 * 1024 * 1024;
@@ -40,6 +43,28 @@ export function checkLabels(field: string, labels: Record<string, string>): Reco
 /** Annotations: each key and the whole map bounded (Kubernetes bounds no single value). */
 export function checkAnnotations(field: string, annotations: Record<string, string>): Record<string, string> {
   return checkMap(field, annotations, undefined);
+}
+
+/** A pod's port-forward annotations (port-policy.ts): a malformed one is refused by name. */
+export function checkPortAnnotations(annotations: Record<string, string>): Record<string, string> {
+  const problem = annotationProblem(annotations);
+  if (problem !== undefined) throw invalidArgument(`config.annotations: ${problem}`);
+  return annotations;
+}
+
+/** Port mappings: at most PORTS_MAX, container ports in 1..65535, host ports in 0..65535. */
+export function checkPortMappings(field: string, mappings: PortMappingMsg[]): PortMapping[] {
+  if (mappings.length > PORTS_MAX) throw invalidArgument(`${field} has ${mappings.length} entries; at most ${PORTS_MAX}`);
+  return mappings.map((m, i) => {
+    if (!Number.isInteger(m.container_port) || m.container_port < 1 || m.container_port > 65535) {
+      throw invalidArgument(`${field}[${i}].container_port ${m.container_port} is outside 1..65535`);
+    }
+    if (!Number.isInteger(m.host_port) || m.host_port < 0 || m.host_port > 65535) {
+      throw invalidArgument(`${field}[${i}].host_port ${m.host_port} is outside 0..65535`);
+    }
+    const protocol = m.protocol === 'UDP' || m.protocol === 'SCTP' ? m.protocol : 'TCP';
+    return { protocol, containerPort: m.container_port, hostPort: m.host_port, hostIp: checkName(`${field}[${i}].host_ip`, m.host_ip) };
+  });
 }
 
 function checkMap(field: string, map: Record<string, string>, valueMaxBytes: number | undefined): Record<string, string> {

@@ -16,10 +16,8 @@ import type { Logger } from '../log';
 import { PACKAGE_VERSION } from '../package-info';
 import type { EmbeddedSandboxStore } from '../sandbox/embedded';
 import type { SandboxRecord, SandboxState } from '../sandbox/types';
-import type { TokenCache } from '../streaming/tokens';
 import { toServiceError } from './grpc-status';
-import { checkAnnotations, checkId, checkLabels, checkName } from './input-limits';
-import { issuePortForward } from './portforward';
+import { checkAnnotations, checkId, checkLabels, checkName, checkPortAnnotations, checkPortMappings } from './input-limits';
 
 export const RUNTIME_NAME = 'cri-portforward';
 /** The CRI API version we speak (Version.runtime_api_version). */
@@ -29,9 +27,8 @@ const KUBELET_API_VERSION = '0.1.0';
 
 export interface RuntimeServiceDeps {
   store: EmbeddedSandboxStore;
-  tokens: TokenCache;
-  /** e.g. http://127.0.0.1:35127 — PortForward URLs are <base>/portforward/<token>. */
-  streamBaseUrl: string;
+  /** PortForward, answered the same way in both modes (portforward.ts). */
+  portForward: (req: PortForwardRequestMsg) => Promise<{ url: string }>;
   log: Logger;
 }
 
@@ -54,7 +51,7 @@ function unary<Req>(method: string, log: Logger, handler: Handler<Req>): grpc.ha
 }
 
 export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedServiceImplementation {
-  const { store, tokens, log } = deps;
+  const { store, log } = deps;
   return {
     Version: unary('Version', log, () => ({
       version: KUBELET_API_VERSION,
@@ -86,7 +83,8 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
       const record = await store.run({
         metadata: { ...config.metadata },
         labels: checkLabels('config.labels', config.labels),
-        annotations: checkAnnotations('config.annotations', config.annotations),
+        annotations: checkPortAnnotations(checkAnnotations('config.annotations', config.annotations)),
+        portMappings: checkPortMappings('config.port_mappings', config.port_mappings),
         runtimeHandler: checkName('runtime_handler', req.runtime_handler),
         networkMode: network === 'NODE' ? 'NODE' : 'POD',
       });
@@ -128,9 +126,7 @@ export function runtimeServiceHandlers(deps: RuntimeServiceDeps): grpc.UntypedSe
       return { items: items.map(listItem) };
     }),
 
-    PortForward: unary<PortForwardRequestMsg>('PortForward', log, (req) =>
-      issuePortForward({ resolver: store, tokens, streamBaseUrl: deps.streamBaseUrl }, req),
-    ),
+    PortForward: unary<PortForwardRequestMsg>('PortForward', log, (req) => deps.portForward(req)),
   };
 }
 
@@ -161,7 +157,11 @@ function sandboxStatus(record: SandboxRecord): object {
   };
 }
 
-/** Like containerd's verbose info: a JSON document; ours names the netns path plainly. */
+/**
+ * Like containerd's verbose info: a JSON document; ours names the netns path plainly, and
+ * carries the sandbox's config as containerd's does (metadata, labels, annotations,
+ * port_mappings in the CRI's JSON field names).
+ */
 function verboseInfo(record: SandboxRecord): string {
   return JSON.stringify({
     id: record.id,
@@ -169,6 +169,12 @@ function verboseInfo(record: SandboxRecord): string {
     networkMode: record.networkMode,
     hostNetwork: record.networkMode === 'NODE',
     runtimeHandler: record.runtimeHandler,
+    config: {
+      metadata: record.metadata,
+      labels: record.labels,
+      annotations: record.annotations,
+      port_mappings: record.portMappings.map((m) => ({ protocol: m.protocol, container_port: m.containerPort, host_port: m.hostPort, host_ip: m.hostIp })),
+    },
   });
 }
 

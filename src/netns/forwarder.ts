@@ -43,14 +43,20 @@ export class Forwarder {
    * it: the pipe wraps it in the net.Socket it reads and writes (Pipe), or closes it.
    */
   async open(sandboxId: string, port: number): Promise<number> {
+    return this.connect(await this.resolve(sandboxId), port);
+  }
+
+  /** The same, for a sandbox already resolved (forward.ts judges the port policy in between). */
+  async connect(sandbox: ResolvedSandbox, port: number): Promise<number> {
     try {
-      return await this.dial(await this.resolve(sandboxId), port);
+      return await this.dial(sandbox, port);
     } catch (err) {
       // What the resolver remembered is out of date (the sandbox was stopped, or its netns
-      // replaced): ask once more, then dial what it says now.
+      // replaced): ask once more, then dial what it says now. A sandbox's config (its ports
+      // and annotations) never changes, so the policy's verdict still holds.
       if (!(err instanceof DialError) || err.failure !== 'netns-closed' || this.#resolver.forget === undefined) throw err;
-      this.#resolver.forget(sandboxId);
-      return this.dial(await this.resolve(sandboxId), port);
+      this.#resolver.forget(sandbox.id);
+      return this.dial(await this.resolve(sandbox.id), port);
     }
   }
 

@@ -9,10 +9,12 @@ import { join } from 'node:path';
 import { alreadyExists, clip, invalidArgument, notFound, permissionDenied } from '../errors';
 import type { Logger } from '../log';
 import { hasSysAdmin } from '../capabilities';
+import { declaredTcpPorts, podPorts, type PodPorts } from '../policy/port-policy';
 import { createNetns, isNetnsMounted, removeNetns } from './namespaces';
 import { RecordDir } from './records';
 import type {
   NetworkMode,
+  PortMapping,
   ResolvedSandbox,
   SandboxMetadata,
   SandboxRecord,
@@ -26,6 +28,7 @@ export interface NewSandbox {
   annotations: Record<string, string>;
   runtimeHandler: string;
   networkMode: NetworkMode;
+  portMappings: PortMapping[];
 }
 
 export interface SandboxFilter {
@@ -42,6 +45,8 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   readonly #sandboxes = new Map<string, SandboxRecord>();
   /** Per-id operation chains: Run, Stop and Remove of one sandbox never interleave. */
   readonly #busy = new Map<string, Promise<unknown>>();
+  /** Each record's ports as the policy reads them, worked out once (a record's ports never change). */
+  readonly #ports = new WeakMap<SandboxRecord, PodPorts>();
 
   private constructor(stateDir: string, log: Logger) {
     this.#records = new RecordDir(join(stateDir, 'sandboxes'));
@@ -100,6 +105,7 @@ export class EmbeddedSandboxStore implements SandboxResolver {
       state: 'SANDBOX_READY',
       networkMode: spec.networkMode,
       netnsPath,
+      portMappings: spec.portMappings.map((m) => ({ ...m })),
     };
     return this.#exclusive(id, async () => {
       if (netnsPath !== null) await createNetns(netnsPath);
@@ -157,7 +163,12 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   async resolve(id: string): Promise<ResolvedSandbox | undefined> {
     const record = this.#lookup(id);
     if (record === undefined) return undefined;
-    return { id: record.id, ready: record.state === 'SANDBOX_READY', netnsPath: record.netnsPath };
+    let ports = this.#ports.get(record);
+    if (ports === undefined) {
+      ports = podPorts(declaredTcpPorts(record.portMappings.map((m) => ({ protocol: m.protocol, container_port: m.containerPort }))), record.annotations);
+      this.#ports.set(record, ports);
+    }
+    return { id: record.id, ready: record.state === 'SANDBOX_READY', netnsPath: record.netnsPath, pod: record.metadata, ports };
   }
 
   countByState(): Record<SandboxState, number> {

@@ -47,6 +47,7 @@ export class RecordDir {
         if (typeof record.id !== 'string' || `${record.id}${RECORD_SUFFIX}` !== name) {
           throw new Error('record id does not match its file name');
         }
+        record.portMappings ??= []; // written before the store kept them
         records.push(record);
       } catch (err) {
         log.error('skipping unreadable sandbox record', { path, err });

@@ -1,3 +1,5 @@
+import type { PodIdentity, PodPorts } from '../policy/port-policy';
+
 // What the rest of the server knows about a sandbox. Streaming code needs only
 // SandboxResolver; the CRI handlers of the embedded mode use the full record.
 
@@ -26,6 +28,15 @@ export interface SandboxRecord {
   networkMode: NetworkMode;
   /** Bind-mounted netns file; null for host network. */
   netnsPath: string | null;
+  /** The TCP/UDP/SCTP container ports of the pod spec, as RunPodSandbox got them. */
+  portMappings: PortMapping[];
+}
+
+export interface PortMapping {
+  protocol: 'TCP' | 'UDP' | 'SCTP';
+  containerPort: number;
+  hostPort: number;
+  hostIp: string;
 }
 
 /** The part of a sandbox that a port-forward needs. */
@@ -34,6 +45,10 @@ export interface ResolvedSandbox {
   ready: boolean;
   /** Namespace to dial in; null means the host's own network namespace. */
   netnsPath: string | null;
+  /** Whose pod it is (audit trail, messages). */
+  pod: PodIdentity;
+  /** What the pod declares about its ports (--port-policy). */
+  ports: PodPorts;
 }
 
 export interface SandboxResolver {

@@ -4,18 +4,28 @@
 // netns path from the verbose info (PROTOCOL.md section 2): containerd 2.x
 // `sandboxMetadata.Metadata.NetNSPath`; containerd 1.6 and CRI-O the OCI spec's
 // `runtimeSpec.linux.namespaces[type=network].path`.
+// For --port-policy: the pod's metadata and annotations from the status, its declared ports
+// from the verbose info's `config.port_mappings` (containerd 1.6 and 2.x keep the sandbox's
+// config there; Go writes the protocol as a number, TCP = 0, and omits it when 0).
 
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeServiceClient } from '../cri-api';
 import { clip, CriError } from '../errors';
 import type { Logger } from '../log';
+import { declaredTcpPorts, podPorts } from '../policy/port-policy';
 import type { ResolvedSandbox, SandboxResolver } from './types';
 
 /** One status call may not hang a PortForward or a dial for longer than this. */
 const UPSTREAM_CALL_TIMEOUT_MS = 5_000;
 
 interface StatusResponse {
-  status: { id: string; state: string; linux: { namespaces: { options: { network: string } | null } | null } | null } | null;
+  status: {
+    id: string;
+    state: string;
+    metadata: { name: string; uid: string; namespace: string } | null;
+    annotations: Record<string, string>;
+    linux: { namespaces: { options: { network: string } | null } | null } | null;
+  } | null;
   info: Record<string, string>;
 }
 
@@ -23,6 +33,8 @@ export class UpstreamSandboxResolver implements SandboxResolver {
   readonly #client: grpc.Client & Record<string, Function>;
   readonly #target: string;
   readonly #log: Logger | undefined;
+  /** Said once: this runtime's verbose info has no port_mappings. */
+  #toldNoPorts = false;
 
   constructor(target: string, log?: Logger) {
     this.#target = target;
@@ -48,12 +60,27 @@ export class UpstreamSandboxResolver implements SandboxResolver {
     }
     const status = res.status;
     if (status === null) return undefined;
+    const doc = parseInfo(res.info['info']);
     const hostNetwork = status.linux?.namespaces?.options?.network === 'NODE';
-    const netnsPath = hostNetwork ? null : netnsPathFromInfo(res.info['info']);
+    const netnsPath = hostNetwork ? null : netnsPathOf(doc);
     if (!hostNetwork && netnsPath === null) {
       throw new CriError('failed-precondition', `upstream CRI runtime ${this.#target} reports no network namespace for sandbox ${clip(id)}`);
     }
-    return { id: status.id || id, ready: status.state === 'SANDBOX_READY', netnsPath };
+    const mappings: unknown = doc?.config?.port_mappings ?? (doc?.config !== undefined ? [] : undefined);
+    if (!Array.isArray(mappings) && !this.#toldNoPorts) {
+      this.#toldNoPorts = true;
+      this.#log?.warn("upstream's verbose sandbox status has no config.port_mappings: --port-policy=declared opens only the ports of the cri-portforward.io/ports annotation", {
+        upstream: this.#target,
+      });
+    }
+    const metadata = status.metadata ?? { name: '', uid: '', namespace: '' };
+    return {
+      id: status.id || id,
+      ready: status.state === 'SANDBOX_READY',
+      netnsPath,
+      pod: { namespace: metadata.namespace, name: metadata.name, uid: metadata.uid },
+      ports: podPorts(Array.isArray(mappings) ? declaredTcpPorts(mappings) : undefined, status.annotations ?? {}),
+    };
   }
 
   close(): void {
@@ -61,15 +88,22 @@ export class UpstreamSandboxResolver implements SandboxResolver {
   }
 }
 
+/** A verbose PodSandboxStatus info["info"] document, or undefined when there is none. */
+function parseInfo(info: string | undefined): any {
+  if (info === undefined || info === '') return undefined;
+  try {
+    return JSON.parse(info);
+  } catch {
+    return undefined;
+  }
+}
+
 /** The netns path in a verbose PodSandboxStatus info["info"] document, or null. */
 export function netnsPathFromInfo(info: string | undefined): string | null {
-  if (info === undefined || info === '') return null;
-  let doc: any;
-  try {
-    doc = JSON.parse(info);
-  } catch {
-    return null;
-  }
+  return netnsPathOf(parseInfo(info));
+}
+
+function netnsPathOf(doc: any): string | null {
   const fromMetadata = doc?.sandboxMetadata?.Metadata?.NetNSPath ?? doc?.sandboxMetadata?.NetNSPath;
   if (typeof fromMetadata === 'string' && fromMetadata !== '') return fromMetadata;
   const namespaces: unknown = doc?.runtimeSpec?.linux?.namespaces;

@@ -4,7 +4,7 @@
 
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { PortForwardGrant } from './tokens';
+import type { SessionGrant } from './tokens';
 
 export interface PortForwardProtocol {
   /** Shown to clients whose upgrade no protocol accepts, e.g. "SPDY/3.1 (portforward.k8s.io)". */
@@ -12,5 +12,5 @@ export interface PortForwardProtocol {
   /** True when the request's upgrade headers ask for this protocol. */
   accepts(req: IncomingMessage): boolean;
   /** Answer the handshake and serve the session; from now on the socket is the protocol's. */
-  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void;
+  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: SessionGrant): void;
 }

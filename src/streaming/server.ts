@@ -120,7 +120,7 @@ export class StreamingServer {
       return { status: 400, body: this.#noUpgradeText() };
     }
     this.#options.log.debug('port-forward upgrade', { sandboxId: grant.sandboxId, protocol: protocol.description });
-    protocol.serve(req, upgrade.socket, upgrade.head, grant);
+    protocol.serve(req, upgrade.socket, upgrade.head, { ...grant, peer: peerOf(req) });
     return undefined;
   }
 
@@ -155,4 +155,10 @@ function urlHost(host: string): string {
   if (host === '0.0.0.0') return '127.0.0.1';
   if (host === '::') return '[::1]';
   return host.includes(':') ? `[${host}]` : host;
+}
+
+/** The client's address for the audit trail: host:port, [v6]:port. */
+function peerOf(req: http.IncomingMessage): string {
+  const host = req.socket.remoteAddress ?? 'unknown';
+  return `${host.includes(':') ? `[${host}]` : host}:${req.socket.remotePort ?? 0}`;
 }

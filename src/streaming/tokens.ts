@@ -1,7 +1,7 @@
 // Single-use PortForward tokens. Upstream (cri-streaming request_cache.go) uses 48-bit
 // tokens; ours are 128 random bits, so a token cannot be guessed within its lifetime.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { resourceExhausted } from '../errors';
 import type { Metrics } from '../metrics';
@@ -10,10 +10,26 @@ import type { Metrics } from '../metrics';
 const TOKEN_BYTES = 16;
 
 /** What a PortForward request asked for, kept until its URL is redeemed. */
-export interface PortForwardGrant {
+export interface PortForwardRequestGrant {
   readonly sandboxId: string;
   /** The ports the request named; empty means any port the client asks for. */
   readonly ports: readonly number[];
+}
+
+export interface PortForwardGrant extends PortForwardRequestGrant {
+  /** The token's fingerprint (tokenTag): logs of the PortForward and of its forwards share it. */
+  readonly tag: string;
+}
+
+/** A redeemed grant, as one streaming session serves it. */
+export interface SessionGrant extends PortForwardGrant {
+  /** The streaming client's address (kubelet, the apiserver or crictl), host:port. */
+  readonly peer: string;
+}
+
+/** A short fingerprint of a token for the audit trail: it names the token without revealing it. */
+export function tokenTag(token: string): string {
+  return createHash('sha256').update(token).digest('base64url').slice(0, 12);
 }
 
 /** Where token ages are read from: milliseconds, monotonic (performance.now() by default). */
@@ -57,7 +73,7 @@ export class TokenCache {
   }
 
   /** Cache a grant and return its token; refuse when too many are in flight. */
-  issue(grant: PortForwardGrant): string {
+  issue(grant: PortForwardRequestGrant): string {
     if (this.#cache.size >= this.#maxInflight) {
       this.#cache.purgeStale();
       if (this.#cache.size >= this.#maxInflight) {
@@ -71,7 +87,7 @@ export class TokenCache {
     do {
       token = randomBytes(TOKEN_BYTES).toString('base64url');
     } while (this.#cache.has(token)); // 2^-128: cheap insurance, not a real expectation
-    this.#cache.set(token, grant);
+    this.#cache.set(token, { ...grant, tag: tokenTag(token) });
     this.#metrics.tokensIssued.inc();
     return token;
   }

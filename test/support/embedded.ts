@@ -15,6 +15,7 @@ export function runEmbeddedSandbox(store: EmbeddedSandboxStore, name: string, ne
     annotations: {},
     runtimeHandler: '',
     networkMode,
+    portMappings: [],
   });
 }
 

@@ -1,6 +1,8 @@
 // One forwarded connection, whatever the protocol, top to bottom: is the port open to this
-// grant, resolve the sandbox, dial inside its namespace, pipe the client side to the pod
-// until both directions end. Every protocol front end comes through here, so the error
+// grant, resolve the sandbox, is the port open under the port policy, dial inside its
+// namespace, pipe the client side to the pod until both directions end. The start and end
+// lines (and every refusal) are the audit trail: the pod's namespace, name and uid, the
+// port, the streaming client's address and the token's fingerprint (never the token). Every protocol front end comes through here, so the error
 // policy, metrics and logs are the same for SPDY and WebSocket; the front end only carries
 // the verdict out.
 
@@ -10,12 +12,16 @@ import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
 import { Pipe } from '../../pipe';
-import type { PortForwardGrant } from '../tokens';
+import type { PortPolicy } from '../../policy/port-policy';
+import type { ResolvedSandbox } from '../../sandbox/types';
+import type { SessionGrant } from '../tokens';
 import { PIPED, verdictFor, type ForwardVerdict, type RefusedDialPolicy } from './verdict';
 
 /** What every protocol front end needs to forward connections. */
 export interface ForwardDeps {
   forwarder: Forwarder;
+  /** Which ports of a pod are open (--port-policy and the pod's annotations). */
+  policy: PortPolicy;
   metrics: Metrics;
   log: Logger;
   halfCloseGraceMs: number;
@@ -33,7 +39,7 @@ export interface ForwardDeps {
 }
 
 export interface ForwardRequest {
-  grant: PortForwardGrant;
+  grant: SessionGrant;
   port: number;
   /** The client side of this connection: a SPDY data stream or a WebSocket data channel. */
   client: Duplex;
@@ -47,24 +53,31 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
   const { grant, port, client } = request;
   const sandboxId = grant.sandboxId;
   const started = Date.now();
-  const log = deps.log.child({ sandboxId, port, protocol: request.protocol });
   deps.metrics.forwardsTotal.inc();
 
   // Upstream forwards any port; a token whose request named ports forwards only those.
   if (grant.ports.length > 0 && !grant.ports.includes(port)) {
     const message = `port ${port} is not among the ports of this port-forward request (${grant.ports.join(', ')})`;
     deps.metrics.dialErrors.inc({ reason: 'port-not-allowed' });
-    log.warn('forward refused: port not in the request', { ports: grant.ports });
+    auditLog(deps, request, undefined).warn('forward refused: port not in the request', { ports: grant.ports });
     return verdictFor('port-not-allowed', deps.refusedDial, { port, sandboxId, message });
   }
 
+  let sandbox: ResolvedSandbox | undefined;
   let podFd: number;
   try {
-    podFd = await deps.forwarder.open(sandboxId, port);
+    sandbox = await deps.forwarder.resolve(sandboxId);
+    const refusal = deps.policy.refusal(sandbox.pod, sandbox.ports, port);
+    if (refusal !== undefined) {
+      deps.metrics.policyDenied.inc({ reason: refusal.reason });
+      auditLog(deps, request, sandbox).warn('forward refused: port policy', { reason: refusal.reason, err: refusal.message });
+      return verdictFor('port-closed', deps.refusedDial, { port, sandboxId, message: refusal.message });
+    }
+    podFd = await deps.forwarder.connect(sandbox, port);
   } catch (err) {
     const error = err instanceof DialError ? err : new DialError('refused', `dial failed: ${String(err)}`);
     deps.metrics.dialErrors.inc({ reason: error.failure });
-    log.warn('forward failed: dial', { reason: error.failure, err: error.message });
+    auditLog(deps, request, sandbox).warn('forward failed: dial', { reason: error.failure, err: error.message });
     return verdictFor(error.failure, deps.refusedDial, { port, sandboxId, message: error.message });
   }
 
@@ -75,6 +88,7 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
     return PIPED;
   }
   deps.metrics.forwardsActive.inc();
+  const log = auditLog(deps, request, sandbox);
   log.info('forward started');
   const result = await pipe.done;
   deps.metrics.forwardsActive.dec();
@@ -89,4 +103,16 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
   });
   // The pipe already ended or reset the client side as the pod side ended.
   return PIPED;
+}
+
+/** The logger of one forwarded connection, carrying its audit fields (the pod's once known). */
+function auditLog(deps: ForwardDeps, request: ForwardRequest, sandbox: ResolvedSandbox | undefined): Logger {
+  const { grant } = request;
+  const fields: Record<string, unknown> = { sandboxId: grant.sandboxId, port: request.port, protocol: request.protocol, peer: grant.peer, token: grant.tag };
+  if (sandbox !== undefined) {
+    fields.podNamespace = sandbox.pod.namespace;
+    fields.podName = sandbox.pod.name;
+    fields.podUid = sandbox.pod.uid;
+  }
+  return deps.log.child(fields);
 }

@@ -16,7 +16,7 @@ import type { SpdyStream } from '../spdy/stream';
 import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
-import type { PortForwardGrant } from '../tokens';
+import type { SessionGrant } from '../tokens';
 import { forwardConnection, type ForwardDeps } from './forward';
 import { END_SESSION_LINGER_MS } from './verdict';
 import { isSpdyUpgrade, spdyHandshake } from './spdy-handshake';
@@ -33,13 +33,13 @@ let nextConnectionId = 1;
 /** Serves one SPDY session (plain, or carried in WebSocket messages) for one grant. */
 export class SpdyPortForwardSession {
   readonly #deps: ForwardDeps;
-  readonly #grant: PortForwardGrant;
+  readonly #grant: SessionGrant;
   readonly #session: SpdySession;
   readonly #pairs = new Map<string, Pair>();
   readonly #connectionId = nextConnectionId++;
   readonly #protocol: string;
 
-  constructor(transport: Duplex, grant: PortForwardGrant, deps: ForwardDeps, protocol: string, chunks?: ChunkTracker) {
+  constructor(transport: Duplex, grant: SessionGrant, deps: ForwardDeps, protocol: string, chunks?: ChunkTracker) {
     this.#deps = deps;
     this.#grant = grant;
     this.#protocol = protocol;
@@ -146,7 +146,7 @@ export class SpdyPortForwardProtocol implements PortForwardProtocol {
     return isSpdyUpgrade(req);
   }
 
-  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
+  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: SessionGrant): void {
     const handshake = spdyHandshake(req);
     if (!handshake.ok) {
       this.deps.metrics.handshakeFailures.inc({ protocol: 'spdy', reason: handshake.reason });

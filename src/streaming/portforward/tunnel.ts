@@ -10,7 +10,7 @@ import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import type { PortForwardProtocol } from '../protocol';
-import type { PortForwardGrant } from '../tokens';
+import type { SessionGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
 import { SpdyPortForwardSession } from './spdy';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
@@ -79,7 +79,7 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
     return isWebSocketUpgrade(req) && offeredSubprotocols(req).includes(SPDY_TUNNEL_PROTOCOL);
   }
 
-  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
+  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: SessionGrant): void {
     // The socket reads into reused slabs as plain SPDY's does; ws keeps the first part of a
     // frame that spans reads, so a chunk is released once ws holds none of it.
     let accepted: WebSocket | undefined;

@@ -14,8 +14,11 @@ import type { DialFailure } from '../../netns/forwarder';
 
 export type RefusedDialPolicy = 'reset' | 'error';
 
-/** Why a forward did not reach the pod: a dial failure, or the port is not open to this grant. */
-export type ForwardFailure = DialFailure | 'port-not-allowed';
+/**
+ * Why a forward did not reach the pod: a dial failure, the port is not among those the
+ * PortForward request named, or the port policy closes it (--port-policy, pod annotations).
+ */
+export type ForwardFailure = DialFailure | 'port-not-allowed' | 'port-closed';
 
 export interface ForwardVerdict {
   /** Upstream's error text for the error stream or channel; undefined: say nothing. */
@@ -47,6 +50,9 @@ export function verdictFor(
       return { errorText, resetData: true, endSession: false };
     case 'refused':
     case 'timeout':
+    case 'port-closed':
+      // A port the policy closes fails as a refused dial does (the app is never dialled);
+      // with "error" the text names the policy and how to open the port.
       // "error": upstream's text, and kubectl ends the session itself on reading it.
       // "reset": only this connection fails; the next one works once the app listens.
       return policy === 'error' ? { errorText, resetData: true, endSession: false } : { errorText: undefined, resetData: true, endSession: false };

@@ -11,7 +11,7 @@ import { BudgetedBound } from '../../buffer-budget';
 import { FEW_STREAMS_BULK_SLAB_BYTES, readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
-import type { PortForwardGrant } from '../tokens';
+import type { SessionGrant } from '../tokens';
 import {
   CHANNEL_SUBPROTOCOLS,
   ChannelDecoder,
@@ -89,7 +89,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
     return isWebSocketUpgrade(req) && !offeredSubprotocols(req).includes(SPDY_TUNNEL_PROTOCOL);
   }
 
-  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: PortForwardGrant): void {
+  serve(req: IncomingMessage, socket: Duplex, head: Buffer, grant: SessionGrant): void {
     const offered = offeredSubprotocols(req);
     const protocol = offered.length === 0 ? '' : offered.find((p) => CHANNEL_SUBPROTOCOLS.includes(p));
     if (protocol === undefined) {
@@ -131,7 +131,7 @@ class ChannelSession implements ChannelOwner {
 
   constructor(
     private readonly ws: WebSocket,
-    private readonly grant: PortForwardGrant,
+    private readonly grant: SessionGrant,
     private readonly encoding: ChannelEncoding,
     private readonly deps: ForwardDeps,
     private readonly chunks: ChunkTracker | undefined,
