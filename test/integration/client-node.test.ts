@@ -5,12 +5,11 @@
 // closes the WebSocket as soon as its input stream ends, and it never ends `output`/`err`.
 
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type WebSocket from 'ws';
 import { startPodApp, type PodApp, type PodAppMode } from '../support/apps';
+import { startProbeApp } from '../support/probe-app';
 import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
 import { rootSkipReason } from '../support/root';
@@ -45,56 +44,6 @@ interface ClientForward {
   err: Sink;
   input: PassThrough;
   closed: Promise<{ code: number; reason: string }>;
-}
-
-/**
- * A TCP echo app in the namespace that reports, per connection, how it ended: "end" (it
- * read an EOF) or "error" (e.g. ECONNRESET), with the bytes it read.
- */
-const PROBE_APP = `
-const net = require('node:net');
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
-let count = 0;
-const server = net.createServer({ allowHalfOpen: true }, (c) => {
-  const id = ++count;
-  let bytes = 0;
-  say({ id, event: 'open' });
-  c.on('data', (d) => { bytes += d.length; if (!c.write(d)) c.pause(); });
-  c.on('drain', () => c.resume());
-  c.on('end', () => { say({ id, event: 'end', bytes }); c.end(); });
-  c.on('error', (e) => say({ id, event: 'error', code: e.code, bytes }));
-});
-server.listen(0, '127.0.0.1', () => say({ port: server.address().port }));
-`;
-
-interface ProbeApp {
-  port: number;
-  events: { id: number; event: string; bytes?: number; code?: string }[];
-  proc: ChildProcess;
-  stop(): Promise<void>;
-}
-
-async function startProbeApp(netnsPath: string): Promise<ProbeApp> {
-  const proc = spawn('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', PROBE_APP], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const events: ProbeApp['events'] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      const entry = JSON.parse(line) as { port?: number } & ProbeApp['events'][number];
-      if (entry.port !== undefined) resolve(entry.port);
-      else events.push(entry);
-    });
-    proc.once('exit', (code) => reject(new Error(`probe app exited with ${code}`)));
-  });
-  return {
-    port,
-    events,
-    proc,
-    async stop() {
-      proc.kill('SIGKILL');
-      await exited;
-    },
-  };
 }
 
 describe('WebSocket port-forward with @kubernetes/client-node through the fake apiserver', { skip }, () => {
