@@ -47,14 +47,20 @@ async function pod(w: World, name: string, spec: { tcp?: number[]; udp?: number[
   return { id, netns, apps };
 }
 
-/** A connection through kubectl to a closed port: nothing comes back and the app never sees it. */
+/** How long kubectl may take to close the local side of a refused connection. */
+const REFUSAL_WITHIN_MS = 10_000;
+
+/** A connection through kubectl to a closed port: closed with nothing back, and the app never sees it. */
 async function assertRefusedThroughKubectl(localPort: number, app: ProbeApp): Promise<void> {
   const socket = await dial(localPort);
   const received = collect(socket);
   socket.write('hello');
-  const { data } = await received;
+  let timer: NodeJS.Timeout | undefined;
+  const open = new Promise<'still open'>((resolve) => (timer = setTimeout(() => resolve('still open'), REFUSAL_WITHIN_MS)));
+  const outcome = await Promise.race([received, open]).finally(() => clearTimeout(timer));
   socket.destroy();
-  assert.equal(data.length, 0, 'nothing comes back from a closed port');
+  assert.notEqual(outcome, 'still open', `kubectl kept the connection open ${REFUSAL_WITHIN_MS} ms (echoed: the port was not closed)`);
+  assert.equal((outcome as { data: Buffer }).data.length, 0, 'nothing comes back from a closed port');
   assert.deepEqual(app.events, [], 'the app was never dialled');
 }
 
