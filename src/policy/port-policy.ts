@@ -51,19 +51,19 @@ export class PolicyRefusal extends Error {
   }
 }
 
-/** The annotation's ports, or a reason it is malformed. */
-export function parsePortList(value: string): PortRanges | string {
+/** The annotation's ports, or what is wrong with it. */
+export function parsePortList(value: string): PortRanges | { problem: string } {
   const text = value.trim();
   if (text === '*') return 'all';
-  if (text === '') return 'it is empty';
+  if (text === '') return { problem: 'it is empty' };
   const ranges: [number, number][] = [];
   for (const part of text.split(',')) {
     const m = /^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$/.exec(part);
-    if (m === null) return `"${part.trim()}" is not a port or a range like 9000-9010`;
+    if (m === null) return { problem: `"${part.trim()}" is not a port or a range like 9000-9010` };
     const low = Number(m[1]);
     const high = m[2] === undefined ? low : Number(m[2]);
-    if (low < 1 || high > 65535) return `${part.trim()} is outside 1-65535`;
-    if (high < low) return `${part.trim()} ends before it starts`;
+    if (low < 1 || high > 65535) return { problem: `${part.trim()} is outside 1-65535` };
+    if (high < low) return { problem: `${part.trim()} ends before it starts` };
     ranges.push([low, high]);
   }
   return ranges;
@@ -78,7 +78,7 @@ export function annotationProblem(annotations: Readonly<Record<string, string>>)
   const ports = annotations[PORTS_ANNOTATION];
   if (ports !== undefined) {
     const parsed = parsePortList(ports);
-    if (typeof parsed === 'string') return `annotation ${PORTS_ANNOTATION}="${clipValue(ports)}" is malformed: ${parsed}`;
+    if (parsed !== 'all' && 'problem' in parsed) return `annotation ${PORTS_ANNOTATION}="${clipValue(ports)}" is malformed: ${parsed.problem}`;
   }
   return undefined;
 }

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { podConfig, sandboxNetns } from '../support/cri-client';
+import { grpcError, podConfig, sandboxNetns } from '../support/cri-client';
 import { endWorld, kubectl, metric, world, type World } from '../support/kubectl-world';
 import { startProbeApp, type ProbeApp } from '../support/probe-app';
 import { rootSkipReason } from '../support/root';
@@ -62,10 +62,6 @@ async function assertRefusedThroughKubectl(localPort: number, app: ProbeApp): Pr
   assert.notEqual(outcome, 'still open', `kubectl kept the connection open ${REFUSAL_WITHIN_MS} ms (echoed: the port was not closed)`);
   assert.equal((outcome as { data: Buffer }).data.length, 0, 'nothing comes back from a closed port');
   assert.deepEqual(app.events, [], 'the app was never dialled');
-}
-
-function grpcError(err: unknown): { code: number; details: string } {
-  return err as { code: number; details: string };
 }
 
 describe('port policy: declared', { skip }, () => {
@@ -143,8 +139,8 @@ describe('port policy: declared', { skip }, () => {
   });
 
   it('PortForward naming ports (crictl, kubelet for WebSocket) is judged up front: PERMISSION_DENIED saying how to open the port', async () => {
-    const err = grpcError(await w.cri.call('PortForward', { pod_sandbox_id: web.id, port: [8080, 9090] }).then(() => undefined, (e: unknown) => e));
-    assert.equal(err?.code, 7, 'PERMISSION_DENIED');
+    const err = await grpcError(w.cri.call('PortForward', { pod_sandbox_id: web.id, port: [8080, 9090] }));
+    assert.equal(err.code, 7, 'PERMISSION_DENIED');
     assert.match(err.details, /port 9090 of pod test\/web is closed to port-forward.*declare it as a containerPort in the pod spec or list it in the annotation cri-portforward\.io\/ports/);
     assert.match((await w.cri.call('PortForward', { pod_sandbox_id: web.id, port: [8080] })).url, /\/portforward\//);
     assert.match((await w.cri.call('PortForward', { pod_sandbox_id: annotated.id, port: [7000, 9010] })).url, /\/portforward\//);
@@ -182,8 +178,8 @@ describe('port policy: declared', { skip }, () => {
       [PORTS, '9010-9000', /ends before it starts/],
       [ACCESS, 'nope', /it must be "deny" or "allow"/],
     ] as const) {
-      const err = grpcError(await w.cri.call('RunPodSandbox', { config: podConfig(`bad-${value}`, { annotations: { [key]: value } }) }).then(() => undefined, (e: unknown) => e));
-      assert.equal(err?.code, 3, `INVALID_ARGUMENT for ${key}=${value}`);
+      const err = await grpcError(w.cri.call('RunPodSandbox', { config: podConfig(`bad-${value}`, { annotations: { [key]: value } }) }));
+      assert.equal(err.code, 3, `INVALID_ARGUMENT for ${key}=${value}`);
       assert.ok(err.details.includes(`annotation ${key}="${value}" is malformed`), err.details);
       assert.match(err.details, why);
     }
@@ -221,8 +217,8 @@ describe('port policy: any (the default)', { skip }, () => {
     assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('any'))).toString(), 'any');
     await forward.stop();
     const denied = await pod(w, 'closed', { annotations: { [ACCESS]: 'deny' } }, [], probes);
-    const err = grpcError(await w.cri.call('PortForward', { pod_sandbox_id: denied.id, port: [] }).then(() => undefined, (e: unknown) => e));
-    assert.equal(err?.code, 7);
+    const err = await grpcError(w.cri.call('PortForward', { pod_sandbox_id: denied.id, port: [] }));
+    assert.equal(err.code, 7);
     assert.match(err.details, /pod test\/closed is closed to port-forward by its annotation/);
   });
 });
