@@ -76,4 +76,12 @@ describe('port policy in proxy mode, in front of containerd 1.6', { skip }, () =
     assert.equal(err.code, 7);
     assert.match(err.details, /pod test\/closed is closed to port-forward by its annotation/);
   });
+
+  it('a malformed ports annotation (which containerd accepted) closes the pod, naming the annotation and the value', async () => {
+    const config = { ...containerdPodConfig(containerd, 'typo'), annotations: { 'cri-portforward.io/ports': '8080-' } };
+    const id = (await p.viaProxy.call('RunPodSandbox', { config })).pod_sandbox_id;
+    const err = await grpcError(p.viaProxy.call('PortForward', { pod_sandbox_id: id, port: [8080] }));
+    assert.equal(err.code, 9, 'FAILED_PRECONDITION');
+    assert.match(err.details, /pod test\/typo is closed to port-forward: its annotation cri-portforward\.io\/ports="8080-" is malformed: "8080-" is not a port/);
+  });
 });
