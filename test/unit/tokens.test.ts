@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CriError } from '../../src/errors';
 import { createMetrics, type Metrics } from '../../src/metrics';
-import { TokenCache } from '../../src/streaming/tokens';
+import { TokenCache, tokenTag } from '../../src/streaming/tokens';
 import { FakeClock } from '../support/fake-clock';
 
 async function counter(metrics: Metrics, name: string, labels = ''): Promise<number> {
@@ -30,7 +30,9 @@ describe('TokenCache', () => {
     const metrics = createMetrics();
     const tokens = new TokenCache({ ttlMs: 60_000, maxInflight: 10, metrics });
     const token = tokens.issue({ sandboxId: 'sb1', ports: [8080, 9090] });
-    assert.deepEqual(tokens.redeem(token), { sandboxId: 'sb1', ports: [8080, 9090] });
+    assert.deepEqual(tokens.redeem(token), { sandboxId: 'sb1', ports: [8080, 9090], tag: tokenTag(token) });
+    assert.match(tokenTag(token), /^[A-Za-z0-9_-]{12}$/);
+    assert.ok(!token.includes(tokenTag(token)), 'the fingerprint is not a piece of the token');
     assert.equal(tokens.redeem(token), undefined);
     assert.equal(tokens.redeem('never-issued-token-xxxxxx'), undefined);
     assert.equal(await counter(metrics, 'cri_portforward_tokens_issued_total'), 1);
@@ -61,7 +63,7 @@ describe('TokenCache', () => {
     );
     assert.equal(await counter(metrics, 'cri_portforward_tokens_rejected_total', '{reason="limit"}'), 1);
     // Every token issued before the limit is still redeemable: nothing was evicted.
-    assert.deepEqual(tokens.redeem(issued[0]!), grant);
+    assert.deepEqual(tokens.redeem(issued[0]!), { ...grant, tag: tokenTag(issued[0]!) });
     assert.doesNotThrow(() => tokens.issue(grant));
     // Once they expire, a full set of new tokens fits again.
     clock.advance(250);
