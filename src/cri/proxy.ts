@@ -22,7 +22,7 @@ const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
 const SANDBOX_CHANGING_PATHS = new Set(['/runtime.v1.RuntimeService/StopPodSandbox', '/runtime.v1.RuntimeService/RemovePodSandbox']);
 /** The 5-byte prefix of a gRPC message: compressed flag, big-endian length. */
 const GRPC_PREFIX_BYTES = 5;
-const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
 export interface CriProxyOptions {
   /** unix:///path/to.sock, or host:port (plain HTTP/2). */
@@ -93,36 +93,69 @@ export class CriProxyServer {
 
   // ---- pass-through ------------------------------------------------------------------
 
+  // How a relayed call ends mirrors how the upstream ended it:
+  // - trailers (grpc-status): passed on after the last message;
+  // - RST_STREAM, any code (containerd 2.x resets a call whose deadline passed; a GOAWAY
+  //   refuses streams above its last id): the client's stream is reset with the same code,
+  //   at once; likewise a client's reset goes upstream with its code;
+  // - the upstream connection lost mid-call: UNAVAILABLE (trailers-only before a response,
+  //   else trailers after what was relayed), as a direct client would see;
+  // - ended without trailers: INTERNAL, saying so (made up, the only status we invent).
+  // Responses flow through pipe(), so a slow client holds the upstream back through HTTP/2
+  // flow control instead of making us buffer.
   #passThrough(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     const outgoing: http2.OutgoingHttpHeaders = {};
     for (const [name, value] of Object.entries(headers)) {
       if (name.startsWith(':') && name !== ':method' && name !== ':path') continue;
       outgoing[name] = value;
     }
+    let session: http2.ClientHttp2Session;
     let upstream: http2.ClientHttp2Stream;
     try {
-      upstream = this.#upstream().request(outgoing, { endStream: false });
+      session = this.#upstream();
+      upstream = session.request(outgoing, { endStream: false });
     } catch (err) {
       this.#unavailable(stream, err);
       return;
     }
-    let trailers: http2.IncomingHttpHeaders | undefined;
+    let trailers: http2.OutgoingHttpHeaders | undefined;
+    let failure: Error | undefined;
     upstream.on('response', (responseHeaders, flags) => {
       if (stream.destroyed) return;
       const endStream = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
       stream.respond(responseHeaders, endStream ? { endStream: true } : { waitForTrailers: true });
     });
     upstream.on('trailers', (t) => (trailers = t));
-    stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? { 'grpc-status': String(grpcStatus.INTERNAL), 'grpc-message': 'upstream sent no trailers' }));
-    upstream.on('error', (err) => {
-      if (!stream.headersSent) this.#unavailable(stream, err);
-      else stream.close(NGHTTP2_INTERNAL_ERROR);
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? statusTrailers(grpcStatus.INTERNAL, 'upstream ended the call without a grpc-status')));
+    // Reported by 'close' below, which sees the whole outcome.
+    upstream.on('error', (err) => (failure = err));
+    upstream.on('close', () => {
+      if (stream.destroyed || stream.writableEnded) return; // the client went away, or a trailers-only answer ended it
+      if (trailers !== undefined) {
+        stream.end();
+        return;
+      }
+      const rstCode = upstream.rstCode ?? NGHTTP2_NO_ERROR;
+      if (!session.destroyed && rstCode !== NGHTTP2_NO_ERROR) {
+        stream.close(rstCode);
+        return;
+      }
+      if (session.destroyed) {
+        const message = `upstream CRI runtime ${this.#options.upstream} went away mid-call${failure ? `: ${failure.message}` : ''}`;
+        if (!stream.headersSent) return this.#unavailable(stream, failure ?? new Error('connection lost'));
+        trailers = statusTrailers(grpcStatus.UNAVAILABLE, message);
+        this.#options.log.warn('CRI proxy: upstream connection lost mid-call', { upstream: this.#options.upstream, path: headers[':path'] });
+      } else if (!stream.headersSent) {
+        respondStatus(stream, grpcStatus.INTERNAL, 'upstream ended the call without a response');
+        return;
+      }
+      stream.end();
     });
-    upstream.pipe(stream);
+    upstream.pipe(stream, { end: false });
     stream.pipe(upstream);
-    // The client cancelled (or its deadline passed): cancel upstream too.
+    // The client reset the call (cancelled, or its deadline passed): so does the upstream stream, same code.
     stream.on('close', () => {
-      if (!upstream.closed) upstream.close(NGHTTP2_CANCEL);
+      if (!upstream.closed && !upstream.destroyed) upstream.close(stream.rstCode || NGHTTP2_CANCEL);
     });
   }
 
@@ -177,6 +210,11 @@ export class CriProxyServer {
       respondStatus(stream, code ?? grpcStatus.INTERNAL, details ?? String(err));
     }
   }
+}
+
+/** gRPC status trailers. */
+function statusTrailers(code: number, message: string): http2.OutgoingHttpHeaders {
+  return { 'grpc-status': String(code), 'grpc-message': percentEncode(message) };
 }
 
 /** A trailers-only gRPC answer. */
