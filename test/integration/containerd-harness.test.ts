@@ -1,14 +1,18 @@
-// The private containerd 1.6 harness itself (test/support/containerd/): its CRI answers,
-// runs a sandbox from our own pause image in a CNI network namespace, survives a restart
-// with its shims, and leaves nothing behind after removeAllSandboxes() and stop().
+// The private containerd harness itself (test/support/containerd/), on each release it
+// runs (1.6 the system's, 1.7 and 2.1 unpacked from Debian packages): its CRI answers as
+// that release, runs a sandbox from our own pause image in a CNI network namespace with the
+// shim of its own release and the system's runc, survives a restart with its shims, and
+// leaves nothing behind after removeAllSandboxes() and stop().
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { netnsPathFromInfo } from '../../src/sandbox/upstream';
 import {
+  containerdCacheDir,
+  CONTAINERD_RELEASES,
   containerdPodConfig,
   containerdSkipReason,
   leftoversOf,
@@ -32,7 +36,7 @@ function isPause(pid: number): boolean {
   }
 }
 
-describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
+for (const release of CONTAINERD_RELEASES) describe(`private containerd ${release} with CRI (test harness)`, { skip }, () => {
   let c: PrivateContainerd | undefined;
   let cri: CriTestClient | undefined;
   let sandboxId = '';
@@ -40,7 +44,7 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
   let pausePid = 0;
 
   before(async () => {
-    c = await startContainerd();
+    c = await startContainerd({ release });
     cri = criClient(c.address);
   });
 
@@ -57,7 +61,9 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
     assert.match(c.dir, /^\/tmp\/cripf-containerd-/);
     const v = await cri.call('Version', { version: 'v1' });
     assert.equal(v.runtime_name, 'containerd');
-    assert.match(v.runtime_version, /^1\.6\./);
+    assert.ok(v.runtime_version.replace(/^v/, '').startsWith(`${release}.`), v.runtime_version);
+    assert.equal(c.release, release);
+    assert.equal(c.version, v.runtime_version);
     assert.equal(v.runtime_api_version, 'v1');
   });
 
@@ -68,15 +74,28 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
     assert.match(sandboxId, /^[0-9a-f]{64}$/);
     const res = await cri.call('PodSandboxStatus', { pod_sandbox_id: sandboxId, verbose: true });
     assert.equal(res.status.state, 'SANDBOX_READY');
-    assert.equal(res.status.linux.namespaces.options.network, 'POD');
+    // 1.6 fills in the namespace options; 1.7 and 2.1 echo the config's, none here (POD).
+    if (release === '1.6') assert.equal(res.status.linux.namespaces.options.network, 'POD');
+    else assert.equal(res.status.linux.namespaces.options, null);
     const prefix = POD_SUBNET.split('.').slice(0, 3).join('.') + '.';
     assert.ok(res.status.network.ip.startsWith(prefix), res.status.network.ip);
 
-    // containerd 1.6: info["info"] JSON, runtimeSpec.linux.namespaces[type=network].path
+    // info["info"] JSON: every release has the OCI spec's
+    // runtimeSpec.linux.namespaces[type=network].path; 2.x also sandboxMetadata.Metadata.NetNSPath.
     const info = JSON.parse(res.info.info);
     assert.equal(info.image, c.sandboxImage);
     assert.equal(info.processStatus, 'running');
     netnsPath = netnsPathFromInfo(res.info.info) ?? '';
+    const specPath = info.runtimeSpec.linux.namespaces.find((n: { type: string }) => n.type === 'network')?.path;
+    assert.equal(specPath, netnsPath);
+    if (release.startsWith('2.')) assert.equal(info.sandboxMetadata.Metadata.NetNSPath, netnsPath);
+    else assert.equal(info.sandboxMetadata, undefined);
+    // The sandbox's config (what --port-policy reads its declared ports from) is there too.
+    assert.deepEqual(info.config.metadata, { name: 'harness', uid: 'harness-uid', namespace: 'cripf-test' });
+    // The system's runc, on the harness's private root.
+    const runc: string = info.runtimeOptions.binary_name;
+    assert.ok(runc.endsWith('/runc') && existsSync(runc) && !runc.startsWith(containerdCacheDir()), runc);
+    assert.equal(info.runtimeOptions.root, join(c.dir, 'runc'));
     assert.ok(netnsPath.startsWith(join(c.dir, 'state') + '/'), `netns under the state dir: ${netnsPath}`);
     assert.ok(existsSync(netnsPath));
     assert.ok(mountsUnder(c.dir).includes(netnsPath), 'the netns is a mount');
@@ -88,7 +107,9 @@ describe('private containerd 1.6 with CRI (test harness)', { skip }, () => {
 
     pausePid = info.pid;
     assert.ok(isPause(pausePid), `pid ${pausePid} runs /pause`);
-    assert.equal(shimsOf(c.dir).length, 1, 'one shim');
+    const shims = shimsOf(c.dir);
+    assert.equal(shims.length, 1, 'one shim');
+    assert.equal(readlinkSync(`/proc/${shims[0]!.pid}/exe`), c.binaries.shim, "the shim of containerd's own release");
   });
 
   it('restarts containerd alone: the shim lives on and the sandbox is still there', async () => {

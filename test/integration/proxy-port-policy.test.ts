@@ -1,11 +1,18 @@
-// --port-policy declared in proxy mode, in front of a real containerd 1.6: the declared
-// ports come from containerd's verbose PodSandboxStatus (its `config.port_mappings`), the
-// annotations from the status. Sandboxes are made through our socket with port_mappings,
+// --port-policy declared in proxy mode, in front of a real containerd (each release the
+// harness runs: 1.6, 1.7, 2.1): the declared ports come from containerd's verbose
+// PodSandboxStatus (its `config.port_mappings`), the annotations from the status. Sandboxes are made through our socket with port_mappings,
 // as kubelet makes them; kubectl reaches the declared port and not the other.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { containerdPodConfig, containerdSkipReason, removeAllSandboxes, startContainerd, type PrivateContainerd } from '../support/containerd';
+import {
+  CONTAINERD_RELEASES,
+  containerdPodConfig,
+  containerdSkipReason,
+  removeAllSandboxes,
+  startContainerd,
+  type PrivateContainerd,
+} from '../support/containerd';
 import { grpcError, sandboxNetns } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
 import { startPortForward, type KubectlPortForward } from '../support/kubectl';
@@ -17,7 +24,7 @@ import { until } from '../support/until';
 
 const skip = containerdSkipReason();
 
-describe('port policy in proxy mode, in front of containerd 1.6', { skip }, () => {
+for (const release of CONTAINERD_RELEASES) describe(`port policy in proxy mode, in front of containerd ${release}`, { skip }, () => {
   let containerd: PrivateContainerd;
   let p: ProxiedCri;
   let api: FakeApiServer;
@@ -26,7 +33,7 @@ describe('port policy in proxy mode, in front of containerd 1.6', { skip }, () =
   const forwards: KubectlPortForward[] = [];
 
   before(async () => {
-    containerd = await startContainerd();
+    containerd = await startContainerd({ release });
     p = await startProxy(containerd.address, ['--port-policy', 'declared']);
     api = await FakeApiServer.start({ criAddress: p.proxy.criAddress, namespace: 'test' });
     const config = { ...containerdPodConfig(containerd, 'web'), port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: 0 }] };

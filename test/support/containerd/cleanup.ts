@@ -13,9 +13,9 @@ import { CNI_CONFLIST } from './config';
 import { lookPath } from './prerequisites';
 
 const execFileP = promisify(execFile);
-/** containerd 1.6 puts shim sockets here whatever its config says (hash of address/ns/id). */
+/** containerd (1.6, 1.7 and 2.1 alike) puts shim sockets here whatever its config says (hash of address/ns/id). */
 const SHIM_SOCKET_DIR = '/run/containerd/s';
-/** libcni's result cache: containerd 1.6 does not move it. */
+/** libcni's result cache: containerd (1.6 to 2.1) does not move it. */
 const CNI_RESULTS_DIR = '/var/lib/cni/results';
 
 function cmdline(pid: string): string[] {
@@ -126,8 +126,9 @@ export async function cleanUpContainerdDir(dir: string): Promise<string[]> {
     () => undefined, // reported just below, shim by shim
   );
   for (const s of shims) if (pidAlive(s.pid)) problems.push(`shim ${s.pid} survived SIGKILL`);
-  // A shim removes its socket when it exits, a SIGKILLed one cannot: containerd 1.6 names
-  // it sha256(<grpc address>/<namespace>/<id>) in /run/containerd/s whatever the config says.
+  // A shim removes its socket when it exits, a SIGKILLed one cannot: containerd (1.6, 1.7
+  // and 2.1 alike) names it sha256(<grpc address>/<namespace>/<id>) in /run/containerd/s
+  // whatever the config says.
   for (const id of new Set([...ids, ...shims.flatMap((s) => (s.id ? [s.id] : []))])) {
     rmSync(join(SHIM_SOCKET_DIR, sha256(Buffer.from(join(socket, 'k8s.io', id)))), { force: true });
   }

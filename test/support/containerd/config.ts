@@ -1,6 +1,12 @@
 // The private containerd's files: its config.toml (everything under one dir, CRI with our
 // pause image, runc on a private root, no registry) and its CNI network (a bridge of its
 // own name, host-local IPAM data under the dir).
+//
+// One config.toml for every release (releases.ts): it is a version-2 config, which 1.6 and
+// 1.7 read as it is and 2.x migrates to version 3 when it loads it (it logs "Configuration
+// migrated from version 2" once; the CRI plugin, the pinned sandbox image, the runc options
+// and the CNI dirs all come through, checked by containerd-harness.test.ts on each release).
+// What differs between releases is said where it is written.
 
 import { SANDBOX_IMAGE } from './pause-image';
 import { CNI_BIN_DIR } from './prerequisites';
@@ -41,6 +47,12 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "${dir}/opt"
+
+# containerd 2.x enables NRI by default, and its socket is /var/run/nri/nri.sock whatever
+# root and state say: shared by every private containerd and left behind on the host. 1.7
+# has it off by default; 1.6 has no such plugin and ignores the section.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 
 [${cri}]
   sandbox_image = "${SANDBOX_IMAGE}"

@@ -7,15 +7,15 @@ import { RuntimeServiceClient } from '../../../src/cri-api';
 import { criClient, rawUnary } from '../cri-client';
 
 /** CRI Version on a client of its own (no shared subchannel, so no shared backoff). */
-export function criVersion(address: string, timeoutMs: number): Promise<{ runtime_name: string }> {
+export function criVersion(address: string, timeoutMs: number): Promise<{ runtime_name: string; runtime_version: string }> {
   const client = new RuntimeServiceClient(address, grpc.credentials.createInsecure(), {
     'grpc.use_local_subchannel_pool': 1,
   });
-  return new Promise<{ runtime_name: string }>((resolve, reject) => {
+  return new Promise<{ runtime_name: string; runtime_version: string }>((resolve, reject) => {
     (client as unknown as Record<string, Function>).Version(
       { version: 'v1' },
       { deadline: Date.now() + timeoutMs },
-      (err: Error | null, res: { runtime_name: string }) => (err ? reject(err) : resolve(res)),
+      (err: Error | null, res: { runtime_name: string; runtime_version: string }) => (err ? reject(err) : resolve(res)),
     );
   }).finally(() => client.close());
 }

@@ -1,15 +1,17 @@
 // What the private containerd needs on the machine, and whether to run at all: root, and
 // the Debian packages containerd, runc, containernetworking-plugins, iproute2 and mount
-// (gcc and libc6-dev for the pause image). It never installs anything itself.
+// (gcc and libc6-dev for the pause image). It never installs anything itself (the
+// containerd releases besides the system's are releases.ts's concern).
 
 import { existsSync, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import type { ReleaseBinaries } from './releases';
 
 const REQUIRE = process.env.CRI_PORTFORWARD_REQUIRE_ROOT === '1';
 
 /** Where Debian's containernetworking-plugins puts the CNI plugins. */
 export const CNI_BIN_DIR = '/usr/lib/cni';
-/** Prepended to containerd's PATH: its shims look runc up there, and /usr/sbin matters. */
+/** In containerd's PATH after its release's own dir: its shims look runc up there, and /usr/sbin matters. */
 export const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** `false` when root, else the reason to skip (or a thrown error under CI). */
@@ -41,23 +43,20 @@ function need(name: string, pkg: string): string {
   return p;
 }
 
-export interface Tools {
-  containerd: string;
-  ctr: string;
+export interface Tools extends ReleaseBinaries {
   runc: string;
   ip: string;
   umount: string;
 }
 
-export function checkPrerequisites(): Tools {
+/** The release's binaries (releases.ts) and what the machine must have besides. */
+export function checkPrerequisites(release: ReleaseBinaries): Tools {
   const tools: Tools = {
-    containerd: need('containerd', 'containerd'),
-    ctr: need('ctr', 'containerd'),
+    ...release,
     runc: need('runc', 'runc'),
     ip: need('ip', 'iproute2'),
     umount: need('umount', 'mount'),
   };
-  need('containerd-shim-runc-v2', 'containerd');
   for (const plugin of ['bridge', 'host-local', 'loopback']) {
     if (!existsSync(join(CNI_BIN_DIR, plugin))) {
       throw new Error(

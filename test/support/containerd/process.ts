@@ -39,13 +39,18 @@ export function logTail(logFile: string, lines = 30): string {
   }
 }
 
-/** Start `containerd --config configFile`, its stdout and stderr appended to logFile. */
-export function launchContainerd(containerd: string, configFile: string, logFile: string): ChildProcess {
+/**
+ * Start `containerd --config configFile`, its stdout and stderr appended to logFile. Its
+ * PATH: `binDir` (the release's own dir, so it starts the shim of its own release: it looks
+ * `containerd-shim-runc-v2` up on PATH first), then the system dirs (runc, mount, ...).
+ */
+export function launchContainerd(tools: { containerd: string; binDir: string | undefined }, configFile: string, logFile: string): ChildProcess {
   const fd = openSync(logFile, 'a');
   try {
-    const child = spawn(containerd, ['--config', configFile], {
+    const path = [tools.binDir, SYSTEM_PATH, process.env.PATH].filter(Boolean).join(delimiter);
+    const child = spawn(tools.containerd, ['--config', configFile], {
       stdio: ['ignore', fd, fd],
-      env: { ...process.env, PATH: `${SYSTEM_PATH}${delimiter}${process.env.PATH ?? ''}` },
+      env: { ...process.env, PATH: path },
     });
     child.on('error', () => undefined); // surfaces as an early exit in waitReady
     return child;
