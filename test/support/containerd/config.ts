@@ -39,7 +39,8 @@ disabled_plugins = [
   address = "${o.socket}.ttrpc"
 
 [debug]
-  address = ""
+  # pprof on a socket of its own: tests count the goroutines serving a call.
+  address = "${o.socket}.debug"
   level = "info"
 
 [metrics]

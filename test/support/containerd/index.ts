@@ -53,6 +53,8 @@ export interface PrivateContainerd {
   dir: string;
   /** Absolute path of its gRPC socket. */
   socket: string;
+  /** Its debug socket: HTTP with /debug/pprof/ (goroutine dumps). */
+  debugSocket: string;
   /** `unix://` + socket, for gRPC clients. */
   address: string;
   /** Pid of the current containerd process (changes on restart). */
@@ -103,6 +105,7 @@ export async function startContainerd(options: StartContainerdOptions = {}): Pro
     binaries: { containerd: tools.containerd, shim: tools.shim, ctr: tools.ctr },
     dir,
     socket,
+    debugSocket: `${socket}.debug`,
     address,
     pid: proc.pid ?? -1,
     sandboxImage: SANDBOX_IMAGE,
