@@ -33,16 +33,21 @@ export function isLogLevel(value: string): value is LogLevel {
 export type LineWriter = (line: string) => void;
 
 export function createLogger(level: LogLevel, write: LineWriter = writeToStdout, base: LogFields = {}): Logger {
-  return new JsonLogger(LEVEL_RANK[level], write, base, members(base));
+  return new JsonLogger(LEVEL_RANK[level], write, base);
 }
 
 class JsonLogger implements Logger {
+  /**
+   * The context fields serialised as `,"k":v,...` (or ''), made at the first line: a
+   * connection's logger at --log-level warn usually writes none.
+   */
+  #baseMembers: string | undefined;
+
   constructor(
     private readonly threshold: number,
     private readonly write: LineWriter,
-    /** The context fields, and the same serialised as `,"k":v,...` (or ''). */
+    /** The context fields. */
     private readonly base: LogFields,
-    private readonly baseMembers: string,
   ) {}
 
   debug(msg: string, fields?: LogFields): void {
@@ -67,11 +72,11 @@ class JsonLogger implements Logger {
 
   child(fields: LogFields): Logger {
     const base = { ...this.base, ...fields };
-    return new JsonLogger(this.threshold, this.write, base, members(base));
+    return new JsonLogger(this.threshold, this.write, base);
   }
 
   #emit(level: LogLevel, msg: string, fields: LogFields | undefined): void {
-    let rest = this.baseMembers;
+    let rest = (this.#baseMembers ??= members(this.base));
     if (fields !== undefined) {
       // A field named as a context field replaces it (rare): the slow path keeps one of each.
       rest = overridesAny(fields, this.base) ? members({ ...this.base, ...fields }) : rest + members(fields);
