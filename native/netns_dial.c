@@ -286,6 +286,29 @@ static napi_value trim_memory(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// dupFd(fd) -> a new close-on-exec fd for the same open file (F_DUPFD_CLOEXEC), or throws.
+// An upgrade keeps one of the streaming listener while the new process takes it over, so
+// that it can listen again should the new process fail.
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    return throw_type_error(env, "dupFd(fd) takes one file descriptor");
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) {
+    char message[96];
+    snprintf(message, sizeof message, "dup of fd %d failed: %s", fd, strerror(errno));
+    napi_throw_error(env, NULL, message);
+    return NULL;
+  }
+  napi_value result;
+  napi_create_int32(env, copy, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   if (home_netns_fd < 0) home_netns_fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (home_netns_fd < 0) {
@@ -299,6 +322,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "takeSocketError", fn);
   napi_create_function(env, "trimMemory", NAPI_AUTO_LENGTH, trim_memory, NULL, &fn);
   napi_set_named_property(env, exports, "trimMemory", fn);
+  napi_create_function(env, "dupFd", NAPI_AUTO_LENGTH, dup_fd, NULL, &fn);
+  napi_set_named_property(env, exports, "dupFd", fn);
   return exports;
 }
 

@@ -8,7 +8,7 @@ import { issuePortForward } from './cri/portforward';
 import { CriProxyServer } from './cri/proxy';
 import { CriServer } from './cri/server';
 import type { Logger } from './log';
-import { createMetrics } from './metrics';
+import { createMetrics, type Metrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
 import { PortPolicy } from './policy/port-policy';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
@@ -26,9 +26,25 @@ export interface RunningServer {
   readonly streamBaseUrl: string;
   /** Stop accepting, end both servers, remove the socket file. */
   close(): Promise<void>;
+  /** What an upgrade hands over and takes back (upgrade.ts). */
+  readonly handover: Handover;
 }
 
-export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+/** The parts of a running server an upgrade moves between processes. */
+export interface Handover {
+  readonly streaming: StreamingServer;
+  readonly tokens: TokenCache;
+  /** Stop serving the CRI socket, leaving its file to the new process. */
+  releaseCri(): Promise<void>;
+  readonly metrics: Metrics;
+}
+
+/** An upgrade's new process: where the old one's URLs point (the CRI socket is renamed into place by the old one). */
+export interface Takeover {
+  baseUrl: string;
+}
+
+export async function startServer(config: Config, log: Logger, takeover?: Takeover): Promise<RunningServer> {
   await warnWithoutSysAdmin(config, log);
   const metrics = createMetrics();
   // Embedded mode: our own namespaces. Proxy mode: the upstream runtime's sandboxes.
@@ -59,6 +75,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,
+    ...(takeover ? { takeover: { baseUrl: takeover.baseUrl } } : {}),
     tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
     tokens,
     metrics,
@@ -75,14 +92,19 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const criLog = log.child({ component: 'cri' });
   const issuer = { resolver, tokens, streamBaseUrl: streaming.baseUrl, policy, metrics, log: criLog };
   const portForward = (req: PortForwardRequestMsg): Promise<{ url: string }> => issuePortForward(issuer, req);
-  const cri: { address: string; close(): Promise<void> } = await (store
-    ? CriServer.listen(config.criSocket, { store, portForward, log: criLog })
-    : CriProxyServer.listen(config.criSocket, {
-        upstream: config.upstream!,
-        portForward,
-        onSandboxesChanged: () => upstreamSandboxes!.forgetAll(),
-        log: criLog,
-      })
+  const isTakeover = takeover !== undefined;
+  const cri: { address: string; close(): Promise<void>; release(): Promise<void> } = await (store
+    ? CriServer.listen(config.criSocket, { store, portForward, log: criLog }, isTakeover)
+    : CriProxyServer.listen(
+        config.criSocket,
+        {
+          upstream: config.upstream!,
+          portForward,
+          onSandboxesChanged: () => upstreamSandboxes!.forgetAll(),
+          log: criLog,
+        },
+        isTakeover,
+      )
   ).catch(async (err: unknown) => {
     await streaming.close();
     tokens.close();
@@ -97,6 +119,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await store?.close();
       resolver.close?.();
     },
+    handover: { streaming, tokens, metrics, releaseCri: () => cri.release() },
   };
 }
 

@@ -6,6 +6,7 @@ import { startServer } from './app';
 import { buildConfig, ConfigError, SERVE_FLAGS, type RawFlags } from './config';
 import { createLogger } from './log';
 import { PACKAGE_VERSION } from './package-info';
+import { takeOver, takeoverFromEnv, Upgrader } from './upgrade';
 
 /** SIGTERM/SIGINT must end the process within 5 s even if a close hangs. */
 const SHUTDOWN_DEADLINE_MS = 4_500;
@@ -92,9 +93,11 @@ async function main(argv: string[]): Promise<void> {
   }
 
   const log = createLogger(config.logLevel);
+  const takeover = takeoverFromEnv();
   let server;
   try {
-    server = await startServer(config, log);
+    server = await startServer(config, log, takeover);
+    if (takeover) await takeOver(server, log);
   } catch (err) {
     log.error('cannot start', { err });
     process.exit(1);
@@ -121,8 +124,16 @@ async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  const upgrader = new Upgrader(server, config.criSocket, log);
+  process.on('SIGUSR2', () =>
+    upgrader.start(() => {
+      log.info('stopped');
+      process.exit(0);
+    }),
+  );
   // Only now: a script that signals us as soon as it reads this line finds the handlers set.
   log.announce('ready', {
+    pid: process.pid,
     criSocket: server.criSocket,
     streamBaseUrl: server.streamBaseUrl,
     stateDir: config.stateDir,

@@ -25,6 +25,7 @@ export interface Metrics {
   readonly spdyPings: Counter;
   readonly streamStallResets: Counter;
   readonly policyDenied: Counter<'reason'>;
+  readonly handovers: Counter<'result'>;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
   /** Report the buffer budget (capacity, held, refusals) on every scrape. */
@@ -161,6 +162,12 @@ export function createMetrics(): Metrics {
       name: 'cri_portforward_policy_denied_total',
       help: 'Port-forwards refused by --port-policy and pod annotations, at PortForward or per connection, by reason (pod-denies, not-declared, bad-annotation).',
       labelNames: ['reason'],
+      registers: [registry],
+    }),
+    handovers: new Counter({
+      name: 'cri_portforward_handovers_total',
+      help: 'Upgrades (SIGUSR2) by result: ok (the new process took over), failed (this process went on serving).',
+      labelNames: ['result'],
       registers: [registry],
     }),
     observeSandboxes(count) {

@@ -15,7 +15,7 @@ import { CriError } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './grpc-status';
 import { MESSAGE_MAX_BYTES } from './input-limits';
-import { clearStaleSocket } from './socket-file';
+import { bindPathFor, clearStaleSocket } from './socket-file';
 
 const PORT_FORWARD_PATH = '/runtime.v1.RuntimeService/PortForward';
 /** Calls after which what we remember of sandboxes may be wrong. */
@@ -23,6 +23,8 @@ const SANDBOX_CHANGING_PATHS = new Set(['/runtime.v1.RuntimeService/StopPodSandb
 /** The 5-byte prefix of a gRPC message: compressed flag, big-endian length. */
 const GRPC_PREFIX_BYTES = 5;
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
+/** After an upgrade, how long the calls in flight on the old process get to finish. */
+const RELEASE_GRACE_MS = 5_000;
 
 export interface CriProxyOptions {
   /** unix:///path/to.sock, or host:port (plain HTTP/2). */
@@ -51,15 +53,19 @@ export class CriProxyServer {
     this.#server.on('stream', (stream, headers) => this.#onStream(stream, headers));
   }
 
-  static async listen(socketPath: string, options: CriProxyOptions): Promise<CriProxyServer> {
+  /** As CriServer.listen: bound under bindPathFor(socketPath), renamed over it (at takeover, by the old process). */
+  static async listen(socketPath: string, options: CriProxyOptions, takeover = false): Promise<CriProxyServer> {
     await fs.mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
-    await clearStaleSocket(socketPath);
+    if (!takeover) await clearStaleSocket(socketPath);
+    const bindPath = bindPathFor(socketPath);
+    await fs.rm(bindPath, { force: true });
     const proxy = new CriProxyServer(socketPath, options);
     await new Promise<void>((resolve, reject) => {
       proxy.#server.once('error', reject);
-      proxy.#server.listen(socketPath, () => resolve());
+      proxy.#server.listen(bindPath, () => resolve());
     });
-    await fs.chmod(socketPath, 0o660);
+    await fs.chmod(bindPath, 0o660);
+    if (!takeover) await fs.rename(bindPath, socketPath);
     return proxy;
   }
 
@@ -68,11 +74,26 @@ export class CriProxyServer {
   }
 
   async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => (this.#server.listening ? this.#server.close(() => resolve()) : resolve()));
     for (const session of this.#sessions) session.destroy();
     this.#upstreamSession?.destroy();
     await closed;
     await fs.rm(this.#socketPath, { force: true });
+  }
+
+  /**
+   * Stop serving and leave the socket file (after an upgrade it is the new process's): new
+   * connections are no longer accepted, clients get GOAWAY and reconnect by path, calls in
+   * flight finish.
+   */
+  async release(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const session of this.#sessions) session.close();
+    // A long-lived call (kubelet's container-event stream) would hold its session open: it
+    // gets RELEASE_GRACE_MS, then is cut, and its client reconnects by path.
+    const cut = setTimeout(() => this.#sessions.forEach((session) => session.destroy()), RELEASE_GRACE_MS);
+    await closed;
+    clearTimeout(cut);
   }
 
   #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {

@@ -5,7 +5,7 @@ import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { RuntimeServiceDefinition } from '../cri-api';
 import { MESSAGE_MAX_BYTES } from './input-limits';
-import { clearStaleSocket } from './socket-file';
+import { bindPathFor, clearStaleSocket } from './socket-file';
 import { runtimeServiceHandlers, type RuntimeServiceDeps } from './runtime-service';
 
 /** How long a shutdown waits for calls in flight before cancelling them. */
@@ -20,9 +20,16 @@ export class CriServer {
     this.#socketPath = socketPath;
   }
 
-  static async listen(socketPath: string, deps: RuntimeServiceDeps): Promise<CriServer> {
+  /**
+   * Serve on `socketPath`: bound under bindPathFor(socketPath), then renamed over it. An
+   * upgrade's new process (`takeover`) leaves the rename to the old one, which makes it
+   * once the new one has taken over (atomic: every connection reaches one of the two).
+   */
+  static async listen(socketPath: string, deps: RuntimeServiceDeps, takeover = false): Promise<CriServer> {
     await fs.mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
-    await clearStaleSocket(socketPath);
+    if (!takeover) await clearStaleSocket(socketPath);
+    const bindPath = bindPathFor(socketPath);
+    await fs.rm(bindPath, { force: true });
     const server = new grpc.Server({
       // Over it, grpc-js answers RESOURCE_EXHAUSTED itself; below it, every field has its
       // own bound (input-limits.ts), so a 1 MiB id is an INVALID_ARGUMENT of ours.
@@ -31,12 +38,13 @@ export class CriServer {
     });
     server.addService(RuntimeServiceDefinition, runtimeServiceHandlers(deps));
     await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
-        err ? reject(new Error(`cannot listen on CRI socket ${socketPath}: ${err.message}`)) : resolve(),
+      server.bindAsync(`unix://${bindPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err ? reject(new Error(`cannot listen on CRI socket ${bindPath}: ${err.message}`)) : resolve(),
       );
     });
     // The CRI socket controls pods: only root (kubelet, crictl as root) may talk to it.
-    await fs.chmod(socketPath, 0o660);
+    await fs.chmod(bindPath, 0o660);
+    if (!takeover) await fs.rename(bindPath, socketPath);
     return new CriServer(server, socketPath);
   }
 
@@ -45,6 +53,12 @@ export class CriServer {
   }
 
   async close(): Promise<void> {
+    await this.release();
+    await fs.rm(this.#socketPath, { force: true });
+  }
+
+  /** Stop serving (clients get GOAWAY and reconnect by path) and leave the socket file: after an upgrade it is the new process's. */
+  async release(): Promise<void> {
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {
         this.#server.forceShutdown();
@@ -55,6 +69,5 @@ export class CriServer {
         resolve();
       });
     });
-    await fs.rm(this.#socketPath, { force: true });
   }
 }

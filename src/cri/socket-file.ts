@@ -30,3 +30,13 @@ export async function clearStaleSocket(path: string): Promise<void> {
   if (live) throw new Error(`another server is already listening on CRI socket ${path}`);
   await fs.rm(path, { force: true });
 }
+
+/**
+ * The name a server binds its socket under before renaming it over the socket path. libuv
+ * unlinks the name a listener was bound under when it closes: bound under a name of its
+ * own, a server that closes never removes a socket file that belongs to another process by
+ * then (an upgrade's new one, renamed over the path).
+ */
+export function bindPathFor(socketPath: string, pid = process.pid): string {
+  return `${socketPath}.${pid}`;
+}

@@ -24,6 +24,8 @@ interface NetnsAddon {
   takeSocketError(fd: number): number;
   /** Give the free pages of malloc's arenas back to the kernel (malloc_trim(0)). */
   trimMemory(): boolean;
+  /** A close-on-exec duplicate of `fd` (F_DUPFD_CLOEXEC); throws on failure. */
+  dupFd(fd: number): number;
 }
 
 const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'netns_dial.node');

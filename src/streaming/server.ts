@@ -18,6 +18,11 @@ const HEADERS_TIMEOUT_MS = 30_000;
 
 export interface StreamingServerOptions {
   address: ListenAddress;
+  /**
+   * An upgrade's new process: the old one's URL base, kept for the URLs it issues; it
+   * accepts on the inherited listener only once acceptOn() is called.
+   */
+  takeover?: { baseUrl: string };
   tls: { cert: string; key: string } | undefined;
   tokens: TokenCache;
   metrics: Metrics;
@@ -53,17 +58,47 @@ export class StreamingServer {
 
   static async listen(options: StreamingServerOptions): Promise<StreamingServer> {
     const server = new StreamingServer(options);
-    await new Promise<void>((resolve, reject) => {
-      server.#server.once('error', reject);
-      server.#server.listen(options.address.port, options.address.host, () => {
-        server.#server.off('error', reject);
-        resolve();
-      });
-    });
+    if (options.takeover !== undefined) {
+      server.#baseUrl = options.takeover.baseUrl;
+      return server;
+    }
+    await server.#listen([options.address.port, options.address.host]);
     const { port } = server.#server.address() as AddressInfo;
     const scheme = options.tls ? 'https' : 'http';
     server.#baseUrl = `${scheme}://${urlHost(options.address.host)}:${port}`;
     return server;
+  }
+
+  #listen(args: [number, string] | [{ fd: number }]): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(...(args as [number, string]), () => {
+        this.#server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  /** Accept on an already listening socket (an upgrade's inherited or kept listener). */
+  acceptOn(fd: number): Promise<void> {
+    return this.#listen([{ fd }]);
+  }
+
+  /** Stop accepting; the sessions already served go on. */
+  stopAccepting(): Promise<void> {
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  /** The listening socket's fd, for an upgrade to hand over (Linux TCP handles expose it). */
+  get listenerFd(): number {
+    const fd = (this.#server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('the streaming server is not listening on an fd');
+    return fd;
+  }
+
+  /** Upgraded connections (port-forward sessions) still open. */
+  get openSessions(): number {
+    return this.#upgraded.size;
   }
 
   /** Where PortForward URLs point: <baseUrl>/portforward/<token>. */
@@ -72,7 +107,7 @@ export class StreamingServer {
   }
 
   async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => (this.#server.listening ? this.#server.close(() => resolve()) : resolve()));
     this.#server.closeAllConnections();
     for (const socket of this.#upgraded) socket.destroy();
     await closed;

@@ -21,6 +21,15 @@ export interface PortForwardGrant extends PortForwardRequestGrant {
   readonly tag: string;
 }
 
+/** An unredeemed token as an upgrade hands it over. */
+export interface ExportedToken {
+  token: string;
+  sandboxId: string;
+  ports: number[];
+  /** Time it has left, in ms. */
+  ttlMs: number;
+}
+
 /** A redeemed grant, as one streaming session serves it. */
 export interface SessionGrant extends PortForwardGrant {
   /** The streaming client's address (kubelet, the apiserver or crictl), host:port. */
@@ -102,6 +111,25 @@ export class TokenCache {
     this.#cache.delete(token);
     this.#metrics.tokensRedeemed.inc();
     return grant;
+  }
+
+  /**
+   * Take every unredeemed token out, with the time each has left (an upgrade hands them to
+   * the new process): none of them can be redeemed here any more, unless imported back.
+   */
+  exportAll(): ExportedToken[] {
+    this.#cache.purgeStale();
+    const tokens: ExportedToken[] = [];
+    for (const [token, grant] of this.#cache.entries()) {
+      tokens.push({ token, sandboxId: grant.sandboxId, ports: [...grant.ports], ttlMs: Math.max(1, Math.floor(this.#cache.getRemainingTTL(token))) });
+    }
+    this.#cache.clear();
+    return tokens;
+  }
+
+  /** Take over exported tokens: each stays redeemable for the time it had left. */
+  importAll(tokens: readonly ExportedToken[]): void {
+    for (const t of tokens) this.#cache.set(t.token, { sandboxId: t.sandboxId, ports: t.ports, tag: tokenTag(t.token) }, { ttl: t.ttlMs });
   }
 
   get size(): number {
