@@ -57,7 +57,7 @@ export class Upgrader {
   /** Start an upgrade. `done` is called once this process has handed over and drained. */
   start(done: () => void): void {
     if (this.#child !== undefined || this.#handedOver) {
-      this.#log.warn('SIGUSR2 ignored: an upgrade is already under way');
+      this.#log.warn(this.#handedOver ? 'SIGUSR2 ignored: this process has handed over and only serves its open sessions' : 'SIGUSR2 ignored: an upgrade is already under way');
       return;
     }
     const h = this.#server.handover;

@@ -23,6 +23,8 @@ export interface ServerProcess {
   logs: Record<string, unknown>[];
   /** SIGTERM and wait; resolves to the exit code. */
   stop(): Promise<number | null>;
+  /** Resolves to the exit code once the process has exited (by itself or stopped). */
+  exited: Promise<number | null>;
 }
 
 export interface StartOptions {
@@ -77,6 +79,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     streamBaseUrl: ready.streamBaseUrl as string,
     proc,
     logs,
+    exited,
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       return exited;

@@ -1,0 +1,185 @@
+// Upgrading in place with SIGUSR2, with kubectl holding a session: the new process takes
+// over the listeners and the unredeemed tokens; the old one serves its open sessions (a
+// download in flight stays intact, an idle connection echoes again on the same TCP
+// connection, kubectl opens new connections on its session) until they end, then exits 0.
+// A new process that crashes while taking over changes nothing: the old one goes on
+// serving everything, tokens included.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
+import { FakeApiServer } from '../support/fake-apiserver';
+import { startPortForward, type KubectlPortForward } from '../support/kubectl';
+import { startPodApp, type PodApp } from '../support/apps';
+import { rootSkipReason } from '../support/root';
+import { cleanUpAndAssertNothingLeft, serverMetric, startServer, type ServerProcess } from '../support/server-process';
+import { SpdyLoadSession } from '../support/spdy-load';
+import { dial, downloadIntact, roundTrip } from '../support/tcp-client';
+import { until } from '../support/until';
+
+const skip = rootSkipReason();
+const DOWNLOAD_BYTES = 512 << 20;
+
+/** The pids that printed a ready line, in order. */
+function readyPids(server: ServerProcess): number[] {
+  return server.logs.filter((l) => l.msg === 'ready').map((l) => Number(l.pid));
+}
+
+function alive(pid: number): boolean {
+  try {
+    // A zombie (exited, not yet reaped by its new parent) counts as gone.
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** One echo through a fresh PortForward URL, with our SPDY client. */
+async function echoThrough(url: string, port: number): Promise<void> {
+  const session = await SpdyLoadSession.open(url);
+  try {
+    const result = await session.echo(port, 4096);
+    assert.equal(result.end, 'fin', JSON.stringify(result));
+    assert.ok(result.matches && result.echoed === 4096, JSON.stringify(result));
+  } finally {
+    await session.close();
+  }
+}
+
+describe('upgrade in place (SIGUSR2)', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let api: FakeApiServer;
+  let sandboxId: string;
+  const apps: PodApp[] = [];
+  let echo: PodApp;
+  let source: PodApp;
+  let newPid = 0;
+
+  before(async () => {
+    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '' } } });
+    cri = criClient(server.criAddress);
+    api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'test' });
+    const pod = await runSandbox(cri, 'upgraded');
+    sandboxId = pod.id;
+    echo = await startPodApp(pod.netns, 'echo');
+    source = await startPodApp(pod.netns, `source:${DOWNLOAD_BYTES}`);
+    apps.push(echo, source);
+  });
+
+  after(async () => {
+    for (const a of apps) await a.stop();
+    await api?.close();
+    // The sandbox is the new process's now: removed through the socket (its netns unmounted).
+    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+    cri?.close();
+    for (const pid of readyPids(server ?? ({ logs: [] } as unknown as ServerProcess))) {
+      if (alive(pid)) process.kill(pid, 'SIGTERM');
+    }
+    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+    if (server) {
+      await server.stop();
+      cleanUpAndAssertNothingLeft(server, server.dir);
+    }
+  });
+
+  it('hands over: kubectl keeps its session on the old process, new calls and old tokens go to the new one', async () => {
+    const oldPid = server.proc.pid!;
+    const forward: KubectlPortForward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: sandboxId, ports: [`0:${echo.port}`, `0:${source.port}`] });
+    try {
+      const [echoPort, sourcePort] = forward.localPorts as [number, number];
+      const idle = await dial(echoPort);
+      const echoed: Buffer[] = [];
+      idle.on('data', (d: Buffer) => echoed.push(d));
+      idle.write('before');
+      await until('the idle connection echoes', () => Buffer.concat(echoed).toString() === 'before');
+      const issuedBefore = (await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] })).url as string;
+      const download = downloadIntact(sourcePort, DOWNLOAD_BYTES);
+
+      process.kill(oldPid, 'SIGUSR2');
+      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
+      newPid = readyPids(server)[1]!;
+      assert.notEqual(newPid, oldPid);
+      await until('the old process handed over', () => server.logs.some((l) => l.msg === 'upgrade: handed over; serving the open sessions until they end'));
+      // Once handed over, the old process starts no other upgrade.
+      process.kill(oldPid, 'SIGUSR2');
+      await until('a second SIGUSR2 ignored', () => server.logs.some((l) => String(l.msg).startsWith('SIGUSR2 ignored: this process has handed over')));
+
+      // New calls reach the new process (a fresh CRI connection), and so does a token the old one issued.
+      const fresh = criClient(server.criAddress);
+      try {
+        const issuedAfter = (await fresh.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] })).url as string;
+        await echoThrough(issuedAfter, echo.port);
+        await echoThrough(issuedBefore, echo.port);
+        assert.equal(await serverMetric(server, 'cri_portforward_tokens_redeemed_total'), 2, 'both redeemed by the new process (its own counters)');
+      } finally {
+        fresh.close();
+      }
+
+      // The old process still serves kubectl's session: the download, the idle connection, new connections.
+      await download;
+      idle.write('after');
+      await until('the idle connection echoes again', () => Buffer.concat(echoed).toString() === 'beforeafter');
+      idle.destroy();
+      assert.equal((await roundTrip(echoPort, Buffer.from('new connection'))).toString(), 'new connection');
+      assert.ok(alive(oldPid), 'the old process serves its session');
+    } finally {
+      await forward.stop();
+    }
+    // Its last session gone, the old process exits 0.
+    assert.equal(await server.exited, 0);
+    assert.ok(alive(newPid));
+    // kubectl again, now served by the new process.
+    const again = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: sandboxId, ports: [`0:${echo.port}`] });
+    try {
+      assert.equal((await roundTrip(again.localPorts[0]!, Buffer.from('new process'))).toString(), 'new process');
+    } finally {
+      await again.stop();
+    }
+  });
+});
+
+describe('upgrade in place: a new process that fails', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let api: FakeApiServer;
+  let sandboxId: string;
+  let echo: PodApp;
+
+  before(async () => {
+    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '1' } } });
+    cri = criClient(server.criAddress);
+    api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'test' });
+    const pod = await runSandbox(cri, 'kept');
+    sandboxId = pod.id;
+    echo = await startPodApp(pod.netns, 'echo');
+  });
+
+  after(async () => {
+    await echo?.stop();
+    await api?.close();
+    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+    cri?.close();
+    if (server) {
+      assert.equal(await server.stop(), 0);
+      cleanUpAndAssertNothingLeft(server, server.dir);
+    }
+  });
+
+  it('crashes while taking over: the old process goes on serving sessions, calls and its tokens', async () => {
+    const forward = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: sandboxId, ports: [`0:${echo.port}`] });
+    try {
+      const issuedBefore = (await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] })).url as string;
+      process.kill(server.proc.pid!, 'SIGUSR2');
+      await until('the failure logged', () => server.logs.some((l) => l.msg === 'upgrade failed; this process goes on serving'), { timeoutMs: 15_000 });
+      assert.equal(readyPids(server).length, 1, 'no other process took over');
+      assert.equal(await serverMetric(server, 'cri_portforward_handovers_total{result="failed"}'), 1);
+      await echoThrough(issuedBefore, echo.port);
+      await echoThrough((await cri.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] })).url, echo.port);
+      assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('kept'))).toString(), 'kept');
+    } finally {
+      await forward.stop();
+    }
+  });
+});
