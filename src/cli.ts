@@ -6,6 +6,7 @@ import { startServer } from './app';
 import { buildConfig, ConfigError, SERVE_FLAGS, type RawFlags } from './config';
 import { createLogger } from './log';
 import { PACKAGE_VERSION } from './package-info';
+import { notifyReady } from './systemd';
 import { takeOver, takeoverFromEnv, Upgrader } from './upgrade';
 
 /** SIGTERM/SIGINT must end the process within 5 s even if a close hangs. */
@@ -132,6 +133,7 @@ async function main(argv: string[]): Promise<void> {
     }),
   );
   // Only now: a script that signals us as soon as it reads this line finds the handlers set.
+  notifyReady(log);
   log.announce('ready', {
     pid: process.pid,
     criSocket: server.criSocket,

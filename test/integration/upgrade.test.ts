@@ -6,7 +6,10 @@
 // serving everything, tokens included.
 
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
@@ -56,9 +59,18 @@ describe('upgrade in place (SIGUSR2)', { skip }, () => {
   let echo: PodApp;
   let source: PodApp;
   let newPid = 0;
+  /** Stands in for systemd's notify socket: socat prints every datagram systemd-notify sends. */
+  let notifyDir: string;
+  let notifyReceiver: ChildProcess;
+  let notified = '';
 
   before(async () => {
-    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '' } } });
+    notifyDir = mkdtempSync(join(tmpdir(), 'cripf-notify-'));
+    const notifySocket = join(notifyDir, 'notify.sock');
+    notifyReceiver = spawn('socat', ['-u', `UNIX-RECV:${notifySocket}`, '-'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    notifyReceiver.stdout!.on('data', (d: Buffer) => (notified += d.toString()));
+    await until('the notify socket', () => existsSync(notifySocket));
+    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '', NOTIFY_SOCKET: notifySocket } } });
     cri = criClient(server.criAddress);
     api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'test' });
     const pod = await runSandbox(cri, 'upgraded');
@@ -78,6 +90,8 @@ describe('upgrade in place (SIGUSR2)', { skip }, () => {
       if (alive(pid)) process.kill(pid, 'SIGTERM');
     }
     if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+    notifyReceiver?.kill();
+    if (notifyDir) rmSync(notifyDir, { recursive: true, force: true });
     if (server) {
       await server.stop();
       cleanUpAndAssertNothingLeft(server, server.dir);
@@ -130,6 +144,10 @@ describe('upgrade in place (SIGUSR2)', { skip }, () => {
     // Its last session gone, the old process exits 0.
     assert.equal(await server.exited, 0);
     assert.ok(alive(newPid));
+    // systemd (Type=notify, NotifyAccess=all) was told each process's readiness, and follows the new one as MAINPID.
+    await until('both readiness notes', () => notified.includes(`MAINPID=${newPid}`));
+    assert.match(notified, new RegExp(`READY=1\\nMAINPID=${oldPid}`));
+    assert.match(notified, new RegExp(`READY=1\\nMAINPID=${newPid}`));
     // kubectl again, now served by the new process.
     const again = await startPortForward({ kubeconfig: api.kubeconfig(server.dir), pod: sandboxId, ports: [`0:${echo.port}`] });
     try {
