@@ -11,10 +11,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { criClient, runSandbox, type CriTestClient } from '../support/cri-client';
+import { containerdPodConfig, containerdSkipReason, removeAllSandboxes, startContainerd, type PrivateContainerd } from '../support/containerd';
+import { criClient, runSandbox, sandboxNetns, type CriTestClient } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
 import { startPortForward, type KubectlPortForward } from '../support/kubectl';
 import { startPodApp, type PodApp } from '../support/apps';
+import { startProxy, type ProxiedCri } from '../support/proxy';
 import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, serverMetric, startServer, type ServerProcess } from '../support/server-process';
 import { SpdyLoadSession } from '../support/spdy-load';
@@ -199,5 +201,60 @@ describe('upgrade in place: a new process that fails', { skip }, () => {
     } finally {
       await forward.stop();
     }
+  });
+});
+
+describe('upgrade in place in proxy mode, in front of containerd 1.6', { skip: containerdSkipReason() }, () => {
+  let containerd: PrivateContainerd;
+  let p: ProxiedCri;
+  let api: FakeApiServer;
+  let sandboxId: string;
+  let echo: PodApp;
+  let newPid = 0;
+
+  before(async () => {
+    containerd = await startContainerd();
+    p = await startProxy(containerd.address);
+    api = await FakeApiServer.start({ criAddress: p.proxy.criAddress, namespace: 'test' });
+    sandboxId = (await p.viaProxy.call('RunPodSandbox', { config: containerdPodConfig(containerd, 'proxied') })).pod_sandbox_id;
+    echo = await startPodApp(await sandboxNetns(p.direct, sandboxId), 'echo');
+  });
+
+  after(async () => {
+    await echo?.stop();
+    await api?.close();
+    if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
+    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+    if (containerd) await removeAllSandboxes(containerd.address);
+    p?.viaProxy.close();
+    p?.direct.close();
+    if (p) {
+      await p.proxy.stop();
+      cleanUpAndAssertNothingLeft(p.proxy, p.proxy.dir);
+    }
+    await containerd?.stop();
+  });
+
+  it('hands over: the open kubectl session stays, CRI calls pass through the new process, the old one exits 0', async () => {
+    const forward = await startPortForward({ kubeconfig: api.kubeconfig(p.proxy.dir), pod: sandboxId, ports: [`0:${echo.port}`] });
+    try {
+      assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('before'))).toString(), 'before');
+      process.kill(p.proxy.proc.pid!, 'SIGUSR2');
+      await until('the new process ready', () => readyPids(p.proxy).length === 2, { timeoutMs: 15_000 });
+      newPid = readyPids(p.proxy)[1]!;
+      const fresh = criClient(p.proxy.criAddress);
+      try {
+        // Passed through by the new process to containerd, and answered by it.
+        assert.equal((await fresh.call('PodSandboxStatus', { pod_sandbox_id: sandboxId })).status.id, sandboxId);
+        await echoThrough((await fresh.call('PortForward', { pod_sandbox_id: sandboxId, port: [echo.port] })).url, echo.port);
+      } finally {
+        fresh.close();
+      }
+      assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('after'))).toString(), 'after');
+    } finally {
+      await forward.stop();
+    }
+    assert.equal(await p.proxy.exited, 0);
+    assert.ok(alive(newPid));
   });
 });
