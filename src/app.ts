@@ -36,6 +36,8 @@ export interface Handover {
   readonly tokens: TokenCache;
   /** Stop serving the CRI socket, leaving its file to the new process. */
   releaseCri(): Promise<void>;
+  /** Embedded mode: take what the old process changed in the sandbox records (after it released the CRI socket). */
+  reloadSandboxes(): Promise<void>;
   readonly metrics: Metrics;
 }
 
@@ -119,7 +121,7 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
       await store?.close();
       resolver.close?.();
     },
-    handover: { streaming, tokens, metrics, releaseCri: () => cri.release() },
+    handover: { streaming, tokens, metrics, releaseCri: () => cri.release(), reloadSandboxes: async () => store?.reload() },
   };
 }
 

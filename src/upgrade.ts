@@ -11,7 +11,9 @@
 //   take the tokens out ----------------> import them, accept on fd 3
 //                   <-------------------- "took-over" {pid}
 //   rename <socket>.<new pid> -> <socket>,
-//   release the CRI socket (GOAWAY: clients reconnect by path, to the new process),
+//   release the CRI socket (GOAWAY: clients reconnect by path, to the new process;
+//   calls in flight finish) ----------> "released": reread the sandbox records (what
+//                                       the old process changed since this one started)
 //   drain the sessions, exit 0
 //
 // Anything else (the new process exits, throws, or says nothing for TAKEOVER_TIMEOUT_MS)
@@ -37,7 +39,7 @@ const LISTENER_FD = 3;
 /** How often a draining old process looks for its last session's end. */
 const DRAIN_POLL_MS = 500;
 
-type ToNew = { type: 'tokens'; tokens: ExportedToken[] };
+type ToNew = { type: 'tokens'; tokens: ExportedToken[] } | { type: 'released' };
 type ToOld = { type: 'prepared' } | { type: 'took-over'; pid: number };
 
 /** The old side: one upgrade at a time; a second SIGUSR2 during one is ignored. */
@@ -120,12 +122,16 @@ export class Upgrader {
     this.#handedOver = true;
     closeSync(spareFd);
     child.removeAllListeners('exit');
-    child.disconnect();
     child.unref();
     const h: Handover = this.#server.handover;
     h.metrics.handovers.inc({ result: 'ok' });
     this.#log.info('upgrade: handed over; serving the open sessions until they end', { newPid: pid, sessions: h.streaming.openSessions });
-    void h.releaseCri().catch((err: unknown) => this.#log.warn('releasing the CRI socket failed', { err }));
+    void h
+      .releaseCri()
+      .catch((err: unknown) => this.#log.warn('releasing the CRI socket failed', { err }))
+      .finally(() => {
+        if (child.connected) child.send({ type: 'released' } satisfies ToNew, () => child.disconnect());
+      });
     const drain = setInterval(() => {
       if (h.streaming.openSessions > 0) return;
       clearInterval(drain);
@@ -154,11 +160,19 @@ export function takeOver(server: RunningServer, log: Logger): Promise<void> {
       h.tokens.importAll(message.tokens);
       h.streaming.acceptOn(LISTENER_FD).then(() => {
         process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
-        process.disconnect();
         log.info('upgrade: took over', { tokens: message.tokens.length });
         resolve();
       }, reject);
     });
+    // The old process has stopped serving the CRI socket (or is gone): what it changed is on disk.
+    const reload = (): void => {
+      process.removeAllListeners('disconnect');
+      void h.reloadSandboxes().catch((err: unknown) => log.error('rereading the sandbox records after the upgrade failed', { err }));
+    };
+    process.on('message', (message: ToNew) => {
+      if (message.type === 'released') reload();
+    });
+    process.once('disconnect', reload);
     process.send!({ type: 'prepared' } satisfies ToOld);
   });
 }

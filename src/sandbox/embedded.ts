@@ -74,6 +74,20 @@ export class EmbeddedSandboxStore implements SandboxResolver {
     return store;
   }
 
+  /**
+   * Read the records again and take what another process changed: after an upgrade, what
+   * the old process did between this one's start and its release of the CRI socket.
+   */
+  async reload(): Promise<void> {
+    const onDisk = new Map((await this.#records.readAll(this.#log)).map((r) => [r.id, r]));
+    for (const id of this.#sandboxes.keys()) if (!onDisk.has(id)) this.#sandboxes.delete(id);
+    for (const [id, record] of onDisk) {
+      const known = this.#sandboxes.get(id);
+      if (known === undefined) this.#sandboxes.set(id, record);
+      else known.state = record.state;
+    }
+  }
+
   async run(spec: NewSandbox): Promise<SandboxRecord> {
     const { metadata } = spec;
     if (metadata.name === '' || metadata.namespace === '') {
