@@ -80,6 +80,8 @@ export class Upgrader {
     this.#log.info('upgrade: starting the new process', { pid: child.pid, command: process.execPath });
     let tokens: ExportedToken[] | undefined;
     let settled = false;
+    /** When this process stopped accepting: new connections waited in the kernel from then. */
+    let stoppedAt = 0;
     const fail = (why: string, err?: unknown): void => {
       if (settled) return;
       settled = true;
@@ -105,18 +107,19 @@ export class Upgrader {
       if (message.type === 'prepared') {
         // From here the kernel queues new streaming connections until the new process accepts.
         void h.streaming.stopAccepting();
+        stoppedAt = performance.now();
         tokens = h.tokens.exportAll();
         child.send({ type: 'tokens', tokens } satisfies ToNew);
       } else if (message.type === 'took-over') {
         void fs.rename(bindPath, this.#criSocket).then(
-          () => this.#handOver(child, message.pid, spareFd, timer, done, () => (settled = true)),
+          () => this.#handOver(child, message.pid, spareFd, timer, done, () => (settled = true), performance.now() - stoppedAt),
           (err: unknown) => fail('the new CRI socket could not be moved into place', err),
         );
       }
     });
   }
 
-  #handOver(child: ChildProcess, pid: number, spareFd: number, timer: NodeJS.Timeout, done: () => void, settle: () => void): void {
+  #handOver(child: ChildProcess, pid: number, spareFd: number, timer: NodeJS.Timeout, done: () => void, settle: () => void, acceptGapMs: number): void {
     settle();
     clearTimeout(timer);
     this.#handedOver = true;
@@ -125,7 +128,12 @@ export class Upgrader {
     child.unref();
     const h: Handover = this.#server.handover;
     h.metrics.handovers.inc({ result: 'ok' });
-    this.#log.info('upgrade: handed over; serving the open sessions until they end', { newPid: pid, sessions: h.streaming.openSessions });
+    this.#log.info('upgrade: handed over; serving the open sessions until they end', {
+      newPid: pid,
+      sessions: h.streaming.openSessions,
+      // New streaming connections waited in the kernel's queue this long (none was refused).
+      acceptGapMs: Math.round(acceptGapMs * 10) / 10,
+    });
     void h
       .releaseCri()
       .catch((err: unknown) => this.#log.warn('releasing the CRI socket failed', { err }))
