@@ -112,16 +112,28 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
     tokens.close();
     throw err;
   });
+  let criReleased = false;
   return {
     criSocket: cri.address,
     streamBaseUrl: streaming.baseUrl,
     async close() {
-      await Promise.all([cri.close(), streaming.close()]);
+      // Once released to an upgrade's new process, the socket file is that process's: a
+      // signal to this (draining) process must not remove it.
+      await Promise.all([criReleased ? Promise.resolve() : cri.close(), streaming.close()]);
       tokens.close();
       await store?.close();
       resolver.close?.();
     },
-    handover: { streaming, tokens, metrics, releaseCri: () => cri.release(), reloadSandboxes: async () => store?.reload() },
+    handover: {
+      streaming,
+      tokens,
+      metrics,
+      releaseCri: () => {
+        criReleased = true;
+        return cri.release();
+      },
+      reloadSandboxes: async () => store?.reload(),
+    },
   };
 }
 

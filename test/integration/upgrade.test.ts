@@ -258,3 +258,45 @@ describe('upgrade in place in proxy mode, in front of containerd 1.6', { skip: c
     assert.ok(alive(newPid));
   });
 });
+
+describe('upgrade in place: the old process stopped while it drains', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let newPid = 0;
+
+  before(async () => {
+    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '' } } });
+    cri = criClient(server.criAddress);
+  });
+
+  after(async () => {
+    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+    cri?.close();
+    if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
+    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+    if (server) cleanUpAndAssertNothingLeft(server, server.dir);
+  });
+
+  it("leaves the CRI socket, which is the new process's, when SIGTERM ends its remaining sessions", async () => {
+    const pod = await runSandbox(cri, 'draining');
+    const echo = await startPodApp(pod.netns, 'echo');
+    try {
+      // A session that keeps the old process draining.
+      const session = await SpdyLoadSession.open((await cri.call('PortForward', { pod_sandbox_id: pod.id, port: [echo.port] })).url);
+      process.kill(server.proc.pid!, 'SIGUSR2');
+      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
+      newPid = readyPids(server)[1]!;
+      await until('the old process handed over', () => server.logs.some((l) => l.msg === 'upgrade: handed over; serving the open sessions until they end'));
+      assert.equal(await server.stop(), 0);
+      await session.close();
+      const fresh = criClient(server.criAddress);
+      try {
+        assert.equal((await fresh.call('Version', {})).runtime_name, 'cri-portforward', 'the new process answers on the socket path');
+      } finally {
+        fresh.close();
+      }
+    } finally {
+      await echo.stop();
+    }
+  });
+});
