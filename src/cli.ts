@@ -98,7 +98,7 @@ async function main(argv: string[]): Promise<void> {
   let server;
   try {
     server = await startServer(config, log, takeover);
-    if (takeover) await takeOver(server, log);
+    if (takeover) await takeOver(server, config.criSocket, log);
   } catch (err) {
     log.error('cannot start', { err });
     process.exit(1);

@@ -109,6 +109,7 @@ export class Upgrader {
         void h.streaming.stopAccepting();
         stoppedAt = performance.now();
         tokens = h.tokens.exportAll();
+        if (process.env.CRI_PORTFORWARD_TEST_UPGRADE_DIE === '1') process.kill(process.pid, 'SIGKILL'); // injected (test): the old process dies mid-handover
         child.send({ type: 'tokens', tokens } satisfies ToNew);
       } else if (message.type === 'took-over') {
         void fs.rename(bindPath, this.#criSocket).then(
@@ -158,29 +159,55 @@ export function takeoverFromEnv(): Takeover | undefined {
   return { baseUrl };
 }
 
-/** The new side, once started: take the tokens, accept on the inherited listener, tell the old one. */
-export function takeOver(server: RunningServer, log: Logger): Promise<void> {
+/**
+ * The new side, once started: take the tokens, accept on the inherited listener, tell the
+ * old one. Should the old process die on the way (its IPC channel closes before it has
+ * released the CRI socket), this one takes over alone: it accepts on the listener, without
+ * the tokens if they never came, and moves its CRI socket over the path itself, so that
+ * the node is never left without a server.
+ */
+export function takeOver(server: RunningServer, criSocket: string, log: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     const h = server.handover;
-    process.on('message', (message: ToNew) => {
-      if (message.type !== 'tokens') return;
-      if (process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1') throw new Error('injected: crash during takeover (test)');
-      h.tokens.importAll(message.tokens);
-      h.streaming.acceptOn(LISTENER_FD).then(() => {
-        process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
-        log.info('upgrade: took over', { tokens: message.tokens.length });
-        resolve();
-      }, reject);
-    });
-    // The old process has stopped serving the CRI socket (or is gone): what it changed is on disk.
-    const reload = (): void => {
-      process.removeAllListeners('disconnect');
-      void h.reloadSandboxes().catch((err: unknown) => log.error('rereading the sandbox records after the upgrade failed', { err }));
+    let accepting: Promise<void> | undefined;
+    let released = false;
+    const accept = (tokens: ExportedToken[]): Promise<void> => {
+      if (accepting !== undefined) return accepting;
+      h.tokens.importAll(tokens);
+      accepting = h.streaming.acceptOn(LISTENER_FD);
+      accepting.then(() => log.info('upgrade: took over', { tokens: tokens.length }), reject);
+      return accepting;
     };
     process.on('message', (message: ToNew) => {
-      if (message.type === 'released') reload();
+      if (message.type === 'tokens') {
+        if (process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1') throw new Error('injected: crash during takeover (test)');
+        void accept(message.tokens).then(() => {
+          process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
+          resolve();
+        });
+      } else if (message.type === 'released') {
+        // The old process has stopped serving the CRI socket: what it changed is on disk.
+        released = true;
+        reloadSandboxes();
+      }
     });
-    process.once('disconnect', reload);
+    const reloadSandboxes = (): void => {
+      void h.reloadSandboxes().catch((err: unknown) => log.error('rereading the sandbox records after the upgrade failed', { err }));
+    };
+    process.once('disconnect', () => {
+      if (released) return;
+      log.warn('upgrade: the old process went away before it released the CRI socket; taking over alone');
+      void accept([])
+        .then(() => fs.rename(bindPathFor(criSocket), criSocket))
+        .catch((err: unknown) => {
+          // ENOENT: the old process had already moved our socket into place.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        })
+        .then(() => {
+          reloadSandboxes();
+          resolve();
+        }, reject);
+    });
     process.send!({ type: 'prepared' } satisfies ToOld);
   });
 }

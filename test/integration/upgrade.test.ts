@@ -300,3 +300,43 @@ describe('upgrade in place: the old process stopped while it drains', { skip }, 
     }
   });
 });
+
+describe('upgrade in place: the old process dies mid-handover', { skip }, () => {
+  let server: ServerProcess;
+  let cri: CriTestClient;
+  let newPid = 0;
+
+  before(async () => {
+    server = await startServer({ spawn: { env: { ...process.env, CRI_PORTFORWARD_TEST_TAKEOVER_CRASH: '', CRI_PORTFORWARD_TEST_UPGRADE_DIE: '1' } } });
+    cri = criClient(server.criAddress);
+  });
+
+  after(async () => {
+    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+    cri?.close();
+    if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
+    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+    if (server) cleanUpAndAssertNothingLeft(server, server.dir);
+  });
+
+  it('killed after it stopped accepting: the new process takes over alone (listener and CRI socket)', async () => {
+    const pod = await runSandbox(cri, 'orphaned');
+    const echo = await startPodApp(pod.netns, 'echo');
+    try {
+      process.kill(server.proc.pid!, 'SIGUSR2');
+      await server.exited;
+      assert.equal(server.proc.signalCode, 'SIGKILL', 'the injected death');
+      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
+      newPid = readyPids(server)[1]!;
+      assert.ok(server.logs.some((l) => l.msg === 'upgrade: the old process went away before it released the CRI socket; taking over alone'));
+      const fresh = criClient(server.criAddress);
+      try {
+        await echoThrough((await fresh.call('PortForward', { pod_sandbox_id: pod.id, port: [echo.port] })).url, echo.port);
+      } finally {
+        fresh.close();
+      }
+    } finally {
+      await echo.stop();
+    }
+  });
+});
