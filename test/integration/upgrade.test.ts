@@ -40,6 +40,21 @@ function alive(pid: number): boolean {
   }
 }
 
+/** The upgrade's new process, once it has printed its ready line: its pid. */
+async function newProcessReady(server: ServerProcess): Promise<number> {
+  await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
+  return readyPids(server)[1]!;
+}
+
+/** Remove the sandboxes through the socket (the new process's by now), stop the new process, check nothing is left. */
+async function endAfterUpgrade(server: ServerProcess | undefined, cri: CriTestClient | undefined, newPid: number): Promise<void> {
+  if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
+  cri?.close();
+  if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
+  if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
+  if (server) cleanUpAndAssertNothingLeft(server, server.dir);
+}
+
 /** One echo through a fresh PortForward URL, with our SPDY client. */
 async function echoThrough(url: string, port: number): Promise<void> {
   const session = await SpdyLoadSession.open(url);
@@ -114,8 +129,7 @@ describe('upgrade in place (SIGUSR2)', { skip }, () => {
       const download = downloadIntact(sourcePort, DOWNLOAD_BYTES);
 
       process.kill(oldPid, 'SIGUSR2');
-      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
-      newPid = readyPids(server)[1]!;
+      newPid = await newProcessReady(server);
       assert.notEqual(newPid, oldPid);
       await until('the old process handed over', () => server.logs.some((l) => l.msg === 'upgrade: handed over; serving the open sessions until they end'));
       // Once handed over, the old process starts no other upgrade.
@@ -240,8 +254,7 @@ describe('upgrade in place in proxy mode, in front of containerd 1.6', { skip: c
     try {
       assert.equal((await roundTrip(forward.localPorts[0]!, Buffer.from('before'))).toString(), 'before');
       process.kill(p.proxy.proc.pid!, 'SIGUSR2');
-      await until('the new process ready', () => readyPids(p.proxy).length === 2, { timeoutMs: 15_000 });
-      newPid = readyPids(p.proxy)[1]!;
+      newPid = await newProcessReady(p.proxy);
       const fresh = criClient(p.proxy.criAddress);
       try {
         // Passed through by the new process to containerd, and answered by it.
@@ -269,13 +282,7 @@ describe('upgrade in place: the old process stopped while it drains', { skip }, 
     cri = criClient(server.criAddress);
   });
 
-  after(async () => {
-    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
-    cri?.close();
-    if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
-    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
-    if (server) cleanUpAndAssertNothingLeft(server, server.dir);
-  });
+  after(() => endAfterUpgrade(server, cri, newPid));
 
   it("leaves the CRI socket, which is the new process's, when SIGTERM ends its remaining sessions", async () => {
     const pod = await runSandbox(cri, 'draining');
@@ -284,8 +291,7 @@ describe('upgrade in place: the old process stopped while it drains', { skip }, 
       // A session that keeps the old process draining.
       const session = await SpdyLoadSession.open((await cri.call('PortForward', { pod_sandbox_id: pod.id, port: [echo.port] })).url);
       process.kill(server.proc.pid!, 'SIGUSR2');
-      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
-      newPid = readyPids(server)[1]!;
+      newPid = await newProcessReady(server);
       await until('the old process handed over', () => server.logs.some((l) => l.msg === 'upgrade: handed over; serving the open sessions until they end'));
       assert.equal(await server.stop(), 0);
       await session.close();
@@ -311,13 +317,7 @@ describe('upgrade in place: the old process dies mid-handover', { skip }, () => 
     cri = criClient(server.criAddress);
   });
 
-  after(async () => {
-    if (cri) for (const s of (await cri.call('ListPodSandbox', {})).items) await cri.call('RemovePodSandbox', { pod_sandbox_id: s.id });
-    cri?.close();
-    if (newPid && alive(newPid)) process.kill(newPid, 'SIGTERM');
-    if (newPid) await until('the new process to stop', () => !alive(newPid), { timeoutMs: 10_000 });
-    if (server) cleanUpAndAssertNothingLeft(server, server.dir);
-  });
+  after(() => endAfterUpgrade(server, cri, newPid));
 
   it('killed after it stopped accepting: the new process takes over alone (listener and CRI socket)', async () => {
     const pod = await runSandbox(cri, 'orphaned');
@@ -326,8 +326,7 @@ describe('upgrade in place: the old process dies mid-handover', { skip }, () => 
       process.kill(server.proc.pid!, 'SIGUSR2');
       await server.exited;
       assert.equal(server.proc.signalCode, 'SIGKILL', 'the injected death');
-      await until('the new process ready', () => readyPids(server).length === 2, { timeoutMs: 15_000 });
-      newPid = readyPids(server)[1]!;
+      newPid = await newProcessReady(server);
       assert.ok(server.logs.some((l) => l.msg === 'upgrade: the old process went away before it released the CRI socket; taking over alone'));
       const fresh = criClient(server.criAddress);
       try {
