@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fd_passing.h"
+
 #define MAX_PATH_BYTES 4096
 
 // The namespace worker threads return to: the process's own, opened once at load time
@@ -327,6 +329,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "trimMemory", fn);
   napi_create_function(env, "dupFd", NAPI_AUTO_LENGTH, dup_fd, NULL, &fn);
   napi_set_named_property(env, exports, "dupFd", fn);
+  register_fd_passing(env, exports);
   return exports;
 }
 

@@ -26,6 +26,12 @@ interface NetnsAddon {
   trimMemory(): boolean;
   /** A close-on-exec duplicate of `fd` (F_DUPFD_CLOEXEC); throws on failure. */
   dupFd(fd: number): number;
+  /** A close-on-exec SOCK_SEQPACKET socketpair for passing fds (native/fd_passing.c). */
+  fdChannel(): [number, number];
+  /** Pass 1..250 fds in one message (SCM_RIGHTS); blocking. The sender keeps its own. */
+  sendFds(channel: number, fds: number[]): void;
+  /** Take the next message's fds (close-on-exec); blocking. */
+  recvFds(channel: number): number[];
 }
 
 const ADDON_PATH = join(PACKAGE_ROOT, 'native', 'build', 'Release', 'netns_dial.node');
