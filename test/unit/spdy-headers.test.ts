@@ -192,6 +192,48 @@ describe('HeaderBlockDecoder', () => {
     decoder.close();
   });
 
+  it('hands its context over: a decoder adopting window() decodes the rest of the stream, past 32 KiB of history', async () => {
+    // An upgrade's new process continues the peer's compression context from the window
+    // alone; zlib's deflate (what Go's compress/flate also is) keeps referring back into it.
+    const deflater = new PeerDeflater();
+    const lists: [string, string][][] = [];
+    for (let i = 0; i < 900; i++) lists.push(portForwardHeaders(i % 2 === 0 ? 'error' : 'data', 8000 + (i % 7), i >> 1));
+    const blocks: Buffer[] = [];
+    for (const l of lists) blocks.push(await deflater.compress(l));
+    const expected = (i: number): [string, string][] => lists[i]!.map(([n, v]) => [n.toLowerCase(), v]);
+    for (const at of [1, 17, 450, 899]) {
+      const first = new HeaderBlockDecoder();
+      assert.equal(first.window(), undefined, 'nothing to hand over before the first block');
+      for (let i = 0; i < at; i++) first.decode(blocks[i]!);
+      const window = first.window()!;
+      assert.ok(window.length <= 32 * 1024, `window of ${window.length} bytes`);
+      first.close();
+      const second = new HeaderBlockDecoder(window);
+      for (let i = at; i < blocks.length; i++) assert.deepEqual([...second.decode(blocks[i]!)], expected(i), `block ${i} after adopting at ${at}`);
+      // and it hands over again, as a third upgrade in a row would
+      const third = new HeaderBlockDecoder(second.window());
+      const more = await deflater.compress(lists[3]!);
+      assert.deepEqual([...third.decode(more)], expected(3));
+      second.close();
+      third.close();
+      blocks.push(more);
+      lists.push(lists[3]!);
+    }
+    deflater.close();
+  });
+
+  it('without the window, the adopted context would fail: the test above is not vacuous', async () => {
+    const deflater = new PeerDeflater();
+    const blocks: Buffer[] = [];
+    for (let i = 0; i < 20; i++) blocks.push(await deflater.compress(portForwardHeaders('data', 8000, i)));
+    const blind = new HeaderBlockDecoder(Buffer.from(SPDY3_HEADER_DICTIONARY));
+    assert.throws(() => {
+      for (let i = 10; i < 20; i++) assert.deepEqual([...blind.decode(blocks[i]!)], portForwardHeaders('data', 8000, i).map(([n, v]) => [n.toLowerCase(), v]));
+    });
+    blind.close();
+    deflater.close();
+  });
+
   it('decodes blocks made at maximum compression and with no compression', async () => {
     for (const level of [0, 9]) {
       const deflater = new PeerDeflater(level);

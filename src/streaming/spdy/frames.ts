@@ -11,7 +11,15 @@ import {
 } from './constants';
 
 function controlFrame(type: FrameType, flags: number, bodyLength: number): Buffer {
-  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + bodyLength);
+  return writeControlHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES + bodyLength), type, flags, bodyLength);
+}
+
+/** The 8-byte header alone of a control frame whose body is `bodyLength` bytes. */
+export function controlFrameHeader(type: number, flags: number, bodyLength: number): Buffer {
+  return writeControlHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), type, flags, bodyLength);
+}
+
+function writeControlHeader(frame: Buffer, type: number, flags: number, bodyLength: number): Buffer {
   frame.writeUInt16BE(CONTROL_FRAME_MARKER, 0);
   frame.writeUInt16BE(type, 2);
   frame.writeUInt32BE(((flags & 0xff) << 24) | bodyLength, 4);

@@ -18,7 +18,7 @@
 // reader hands out a stored block's bytes only when it reaches the next block header, and
 // without that marker it would read past the frame and fail every later frame.
 
-import { createInflate, constants as zlibConstants, type Inflate } from 'node:zlib';
+import { createInflate, createInflateRaw, constants as zlibConstants, type Inflate, type InflateRaw } from 'node:zlib';
 import { MAX_HEADER_BLOCK_BYTES, MAX_HEADER_COUNT } from './constants';
 import { SPDY3_HEADER_DICTIONARY } from './dictionary';
 import { ProtocolError } from './errors';
@@ -79,7 +79,17 @@ const MAX_STORED_BLOCK = 0xffff;
 const SYNC_FLUSH_MARKER = Buffer.from([0x00, 0x00, 0x00, 0xff, 0xff]);
 
 export class HeaderBlockEncoder {
-  #started = false;
+  #started: boolean;
+
+  /** `started`: the zlib header went out already (an upgrade's adopted connection). */
+  constructor(started = false) {
+    this.#started = started;
+  }
+
+  /** Whether the zlib header has gone out: all there is to hand over. */
+  get started(): boolean {
+    return this.#started;
+  }
 
   /** The compressed form of one header block, continuing this connection's zlib stream. */
   encode(headers: Iterable<[string, string]>): Buffer {
@@ -106,7 +116,7 @@ export class HeaderBlockEncoder {
 interface ZlibHandle {
   writeSync(flush: number, input: Buffer, inOffset: number, inLength: number, out: Buffer, outOffset: number, outLength: number): void;
 }
-type InflateWithHandle = Inflate & { _handle: ZlibHandle | null; _writeState: Uint32Array };
+type InflateWithHandle = (Inflate | InflateRaw) & { _handle: ZlibHandle | null; _writeState: Uint32Array };
 
 // Checked once at start, so that a Node whose zlib stream lacks what decode() drives fails
 // with this message when the server starts, not with a TypeError on every SYN_STREAM.
@@ -126,14 +136,76 @@ type InflateWithHandle = Inflate & { _handle: ZlibHandle | null; _writeState: Ui
  */
 const INFLATED = Buffer.allocUnsafe(MAX_HEADER_BLOCK_BYTES + 1);
 
+/** zlib's window: what a deflate stream may refer back to. */
+export const ZLIB_WINDOW_BYTES = 32 * 1024;
+
+/**
+ * The inflated bytes of a connection's header blocks, as far back as zlib's window reaches,
+ * kept so that an upgrade can hand the context over: Node cannot export a zlib context,
+ * but a raw inflate given these bytes as its dictionary continues the stream exactly (the
+ * peer's next block may refer back into them). Starts as the SPDY dictionary, which is
+ * where the window starts; grows with the blocks (about 100 bytes per port-forward
+ * stream), is compacted to the window once it reaches twice that.
+ */
+class InflatedHistory {
+  #bytes: Buffer;
+  #length: number;
+
+  constructor(initial: Buffer) {
+    this.#bytes = Buffer.allocUnsafe(Math.max(4096, initial.length * 2));
+    this.#length = initial.copy(this.#bytes);
+  }
+
+  append(source: Buffer, length: number): void {
+    if (this.#length + length > this.#bytes.length) {
+      const keep = Math.min(this.#length, ZLIB_WINDOW_BYTES);
+      const needed = keep + length;
+      const next = needed > this.#bytes.length || this.#bytes.length < 2 * ZLIB_WINDOW_BYTES
+        ? Buffer.allocUnsafe(Math.max(needed, Math.min(2 * ZLIB_WINDOW_BYTES, this.#bytes.length * 2)))
+        : this.#bytes;
+      this.#bytes.copy(next, 0, this.#length - keep, this.#length);
+      this.#bytes = next;
+      this.#length = keep;
+    }
+    source.copy(this.#bytes, this.#length, 0, length);
+    this.#length += length;
+  }
+
+  /** The window: the last ZLIB_WINDOW_BYTES bytes (a copy). */
+  window(): Buffer {
+    return Buffer.from(this.#bytes.subarray(Math.max(0, this.#length - ZLIB_WINDOW_BYTES), this.#length));
+  }
+}
+
 export class HeaderBlockDecoder {
   readonly #inflate: InflateWithHandle;
   #failure: ProtocolError | undefined;
+  /** A block has been inflated: the zlib header is behind us. */
+  #started: boolean;
+  readonly #history: InflatedHistory;
 
-  constructor() {
-    this.#inflate = createInflate({ dictionary: SPDY3_HEADER_DICTIONARY }) as InflateWithHandle;
+  /**
+   * A new connection's decoder, or (an upgrade's new process) one that continues a
+   * context whose window was handed over (see window()).
+   */
+  constructor(adoptedWindow?: Buffer) {
+    this.#started = adoptedWindow !== undefined;
+    this.#inflate = (
+      adoptedWindow === undefined
+        ? createInflate({ dictionary: SPDY3_HEADER_DICTIONARY })
+        : createInflateRaw({ dictionary: adoptedWindow })
+    ) as InflateWithHandle;
+    this.#history = new InflatedHistory(adoptedWindow ?? SPDY3_HEADER_DICTIONARY);
     // A zlib error destroys the stream at once (so we see it below) and emits 'error' later.
     this.#inflate.on('error', () => undefined);
+  }
+
+  /**
+   * For a handover, between blocks: the window to continue from, or undefined if no block
+   * has been inflated yet (the new process starts a fresh context then).
+   */
+  window(): Buffer | undefined {
+    return this.#started ? this.#history.window() : undefined;
   }
 
   /**
@@ -164,6 +236,8 @@ export class HeaderBlockDecoder {
       // zlib stops early only when the output is full; otherwise the block is all out.
       if (state[0] !== 0) break;
     }
+    this.#started = true;
+    this.#history.append(INFLATED, outOffset);
     return parseHeaderBlock(INFLATED.subarray(0, outOffset));
   }
 

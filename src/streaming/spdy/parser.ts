@@ -22,6 +22,7 @@ import {
   SPDY_VERSION,
 } from './constants';
 import { ProtocolError } from './errors';
+import { controlFrameHeader, dataFrameHeader } from './frames';
 
 export interface FrameSink {
   /** A piece of a DATA frame's payload (maybe empty); `fin` only on the frame's last piece. */
@@ -45,6 +46,8 @@ const enum State {
 }
 
 const EMPTY = Buffer.alloc(0);
+/** A control frame type SPDY/3.1 does not define: skipped (pendingBytes). */
+const UNKNOWN_CONTROL_TYPE = 0xff;
 
 const KNOWN_CONTROL_TYPES = new Set<number>([
   FrameType.SynStream,
@@ -111,6 +114,34 @@ export class FrameParser extends Writable {
   /** Bytes received and not yet parsed (the Writable's own queue not counted). */
   get buffered(): number {
     return this.#buffered;
+  }
+
+  /**
+   * For an upgrade's handover, between writes with nothing queued: the bytes received and
+   * not yet handed out, as a byte stream that a fresh parser turns into the same frames. A
+   * frame already begun is given a header of its own for what is left of it (a DATA frame's
+   * rest is a DATA frame of that length, with its FIN; the rest of a skipped frame, an
+   * unknown control frame).
+   */
+  pendingBytes(): Buffer {
+    const rest = Buffer.concat(this.#chunks);
+    let header: Buffer;
+    switch (this.#state) {
+      case State.Header:
+        return rest;
+      case State.DataPayload:
+        header = dataFrameHeader(this.#streamId, this.#remaining, (this.#flags & FLAG_FIN) !== 0);
+        break;
+      case State.ControlBody:
+        header = controlFrameHeader(this.#controlType, this.#flags, this.#remaining);
+        break;
+      case State.Skip:
+        header = controlFrameHeader(UNKNOWN_CONTROL_TYPE, 0, this.#remaining);
+        break;
+      case State.Stopped:
+        throw new Error('the SPDY parser has stopped: nothing to hand over');
+    }
+    return Buffer.concat([header, rest]);
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: WriteCallback): void {
