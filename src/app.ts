@@ -1,6 +1,8 @@
 // Wires one server together: sandbox store -> tokens -> streaming server -> CRI server.
 
 import { BufferBudget } from './buffer-budget';
+import { adoptSessions } from './handover/adopt';
+import { MovableSessions, type AdoptedSession, type MovedSession } from './handover/movable';
 import { hasSysAdmin } from './capabilities';
 import type { Config } from './config';
 import type { PortForwardRequestMsg } from './cri-api';
@@ -39,6 +41,10 @@ export interface Handover {
   /** Embedded mode: take what the old process changed in the sandbox records (after it released the CRI socket). */
   reloadSandboxes(): Promise<void>;
   readonly metrics: Metrics;
+  /** The sessions that can move to the new process. */
+  readonly sessions: MovableSessions;
+  /** The new process: rebuild handed-over sessions, paused (handover/adopt.ts). */
+  adoptSessions(moved: MovedSession[], fds: number[]): AdoptedSession[];
 }
 
 /** An upgrade's new process: where the old one's URLs point (the CRI socket is renamed into place by the old one). */
@@ -74,6 +80,7 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
     streamCreationTimeoutMs: config.streamCreationTimeoutMs,
     streamStallTimeoutMs: config.streamStallTimeoutMs,
     budget,
+    sessions: new MovableSessions(),
   };
   const streaming = await StreamingServer.listen({
     address: config.streamAddress,
@@ -133,6 +140,8 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
         return cri.release();
       },
       reloadSandboxes: async () => store?.reload(),
+      sessions: forwardDeps.sessions,
+      adoptSessions: (moved, fds) => adoptSessions(moved, fds, forwardDeps, streaming),
     },
   };
 }

@@ -1,7 +1,7 @@
 // Prometheus metrics, on a registry of our own (not prom-client's global one) so that two
 // servers in one process, as in tests, never share counters.
 
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { memoryTrims } from './memory-trim';
 
 export type TokenRejectReason = 'unknown' | 'limit';
@@ -26,6 +26,8 @@ export interface Metrics {
   readonly streamStallResets: Counter;
   readonly policyDenied: Counter<'reason'>;
   readonly handovers: Counter<'result'>;
+  readonly sessionsHandedOver: Counter<'protocol'>;
+  readonly handoverPause: Histogram;
   /** Report sandbox counts by CRI state on every scrape. */
   observeSandboxes(count: () => Record<string, number>): void;
   /** Report the buffer budget (capacity, held, refusals) on every scrape. */
@@ -170,6 +172,18 @@ export function createMetrics(): Metrics {
       labelNames: ['result'],
       registers: [registry],
     }),
+    sessionsHandedOver: new Counter({
+      name: 'cri_portforward_sessions_handed_over_total',
+      help: 'Sessions this process adopted from the process it upgraded (and, carried over, from earlier upgrades), by protocol.',
+      labelNames: ['protocol'],
+      registers: [registry],
+    }),
+    handoverPause: new Histogram({
+      name: 'cri_portforward_handover_pause_seconds',
+      help: 'How long each handed-over session was paused: from the old process freezing it to the new one reading it again.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
     observeSandboxes(count) {
       countSandboxes = count;
     },
@@ -177,4 +191,23 @@ export function createMetrics(): Metrics {
       budget = b;
     },
   };
+}
+
+/** Counter values as an upgrade carries them to the new process (counters of ours only). */
+export type CounterValues = { name: string; values: { labels: Record<string, string | number>; value: number }[] }[];
+
+export async function exportCounters(metrics: Metrics): Promise<CounterValues> {
+  const all = await metrics.registry.getMetricsAsJSON();
+  return all
+    .filter((m) => (m.type as unknown as string) === 'counter' && m.name.startsWith('cri_portforward_'))
+    .map((m) => ({ name: m.name, values: m.values.filter((v) => v.value > 0).map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value })) }));
+}
+
+/** The new process goes on counting from where the old one was. */
+export function importCounters(metrics: Metrics, counters: CounterValues): void {
+  for (const { name, values } of counters) {
+    const counter = metrics.registry.getSingleMetric(name);
+    if (!(counter instanceof Counter)) continue;
+    for (const { labels, value } of values) counter.inc(labels, value);
+  }
 }

@@ -82,10 +82,23 @@ export interface PipeResult {
 }
 
 /** @types/node 20 lacks `onread` on the constructor options, which Node 20 accepts. */
-type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number };
+type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number; pauseOnCreate: boolean };
 
 /** A client side whose chunks are views of buffers it reuses once told (a SPDY stream). */
 type ReleasingDuplex = Duplex & { releaseChunk?(chunk: Buffer): void };
+
+/** A pipe as an upgrade hands it over (freeze(), then exportState()); JSON. */
+export interface PipeState {
+  /** Index of the pod socket among the fds passed. */
+  podFd: number;
+  clientDone: boolean;
+  podDone: boolean;
+  /** One direction had ended; the other had been idle for idleMs. */
+  inGrace: boolean;
+  idleMs: number;
+  bytesToPod: number;
+  bytesToClient: number;
+}
 
 export interface PipeOptions {
   /** Once one direction has ended, how long the other may stay idle (default 1 s). */
@@ -123,6 +136,8 @@ export class Pipe {
   #bytesToPod = 0;
   #bytesToClient = 0;
   #resolveDone!: (result: PipeResult) => void;
+  /** An upgrade is taking the pipe: the pod socket is not read, no grace timer runs. */
+  #frozen = false;
   /** Settles once, when the pipe has ended for any reason; never rejects. */
   readonly done: Promise<PipeResult>;
 
@@ -130,7 +145,7 @@ export class Pipe {
    * Start copying between `client` and the connected pod socket `podFd` (from
    * Forwarder.open). From here on the pipe owns both: it ends or destroys them.
    */
-  constructor(client: Duplex, podFd: number, options: PipeOptions = {}) {
+  constructor(client: Duplex, podFd: number, options: PipeOptions = {}, adopted?: PipeState) {
     this.#client = client;
     const release = (client as ReleasingDuplex).releaseChunk;
     this.#releaseChunk = typeof release === 'function' ? release.bind(client) : undefined;
@@ -145,12 +160,23 @@ export class Pipe {
       readable: true,
       writable: true,
       allowHalfOpen: true,
+      // An adopted pipe reads nothing before start(): the old process may still take it back.
+      pauseOnCreate: adopted !== undefined,
       // write() says false past the base; the budget then decides whether to go on.
       writableHighWaterMark: POD_WRITE_BASE_BYTES,
       onread: { buffer: this.#nextPodBuffer, callback: this.#onPodRead },
     };
     const pod = new Socket(podOptions);
     this.pod = pod;
+    if (adopted !== undefined) {
+      this.#clientDone = adopted.clientDone;
+      this.#podDone = adopted.podDone;
+      this.#bytesToPod = adopted.bytesToPod;
+      this.#bytesToClient = adopted.bytesToClient;
+      this.#inGrace = adopted.inGrace;
+      this.#lastMovedAt = Date.now() - adopted.idleMs;
+      this.#frozen = true;
+    }
     pod.on('error', this.#onPodError);
     pod.on('end', this.#onPodEnd);
     pod.on('close', this.#onPodClose);
@@ -165,6 +191,57 @@ export class Pipe {
     client.on('end', this.#onClientEnd);
     client.on('close', this.#onClientClose);
     if (client.readableEnded) this.#onClientEnd();
+  }
+
+  // ---- upgrade handover: freeze, wait until quiet, exportState; or thaw -------------
+
+  /** Stop reading the pod and the grace timer; what is queued either way goes on being written. */
+  freeze(): void {
+    if (this.#result !== undefined) return;
+    this.#frozen = true;
+    this.pod.pause();
+    if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+  }
+
+  /** Nothing of this connection is in flight either way (the pipe has not ended). */
+  get isQuiet(): boolean {
+    const client = this.#client;
+    return this.#result === undefined && this.pod.writableLength === 0 && client.writableLength === 0 && client.readableLength === 0 && !this.#podCorked;
+  }
+
+  /** The state to hand over; the pod socket's fd goes to `fds`. */
+  exportState(fds: number[]): PipeState {
+    fds.push(socketFd(this.pod));
+    const idleMs = this.#inGrace ? Date.now() - this.#lastMovedAt : 0;
+    return { podFd: fds.length - 1, clientDone: this.#clientDone, podDone: this.#podDone, inGrace: this.#inGrace, idleMs, bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
+  }
+
+  /** Go on where freeze() stopped (also: an adopted pipe's start). */
+  thaw(): void {
+    if (!this.#frozen) return;
+    this.#frozen = false;
+    if (this.#result !== undefined) return;
+    if (!this.#podReadBlocked) this.pod.resume();
+    if (this.#inGrace) this.#graceTimer = setTimeout(this.#onGraceTimer, Math.max(0, this.#graceMs - (Date.now() - this.#lastMovedAt)));
+  }
+
+  /**
+   * An adopted pipe: start. The kernel already has the FINs the old process sent and read;
+   * the new socket objects learn of them again: our FIN to the app once more (a no-op for
+   * the kernel), and the app's EOF is read again (EOF is sticky) and ends the client side,
+   * whose protocol stream already knows it sent its FIN.
+   */
+  start(): void {
+    if (this.#clientDone) this.pod.end();
+    this.thaw();
+  }
+
+  /** The old process, once the new one owns this connection: let go of the socket without a word on the wire. */
+  release(): void {
+    this.#result ??= { outcome: 'closed', bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
+    releaseSocket(this.pod);
+    connectionEnded();
   }
 
   /** End the pipe from outside (the session is going away): both sides are destroyed. */
@@ -212,7 +289,7 @@ export class Pipe {
     if (err || !this.#podReadBlocked || this.#result !== undefined) return;
     if (this.#client.writableLength !== 0) return; // an earlier write is still pending
     this.#podReadBlocked = false;
-    this.pod.resume();
+    if (!this.#frozen) this.pod.resume();
   };
 
   readonly #onPodEnd = (): void => {
@@ -222,7 +299,7 @@ export class Pipe {
       return;
     }
     this.#podDone = true;
-    this.#client.end();
+    if (!this.#client.writableEnded) this.#client.end();
     this.#directionEnded();
   };
 
@@ -362,6 +439,26 @@ export class Pipe {
     pod.destroySoon();
     if (!pod.destroyed) setTimeout(() => pod.destroy(), this.#graceMs).unref();
   }
+}
+
+/** The fd of a connected socket (Linux TCP handles expose it). */
+export function socketFd(socket: Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('the socket has no fd to hand over');
+  return fd;
+}
+
+/**
+ * Close this process's copy of a socket's fd and nothing else: no FIN, no reset, no event.
+ * The connection lives on in the process that received the fd. The socket object is left
+ * inert (its handle gone).
+ */
+export function releaseSocket(socket: Socket): void {
+  const s = socket as unknown as { _handle: { close(): void; onread?: unknown } | null };
+  const handle = s._handle;
+  if (handle === null) return;
+  s._handle = null;
+  handle.close();
 }
 
 function socketError(errno: number): NodeJS.ErrnoException {

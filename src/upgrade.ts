@@ -1,28 +1,37 @@
 // Upgrading in place (SIGUSR2): the running process starts the same command again (the
-// binary and dist/ as they are on disk now) and hands it the listeners and the unredeemed
-// tokens; the sessions it serves stay with it until they end, then it exits 0. Never both
-// dead, never both accepting:
+// binary and dist/ as they are on disk now) and hands it the listeners, the unredeemed
+// tokens and every live session with its sockets. Never both dead, never both serving:
 //
-//   old                                   new (CRI_PORTFORWARD_TAKEOVER=1, fd 3, IPC)
-//   keep a spare dup of the listener
+//   old                                   new (CRI_PORTFORWARD_TAKEOVER=1, fd 3 the listener,
+//   keep a spare dup of the listener           fd 4 IPC, fd 5 the fd channel)
 //   spawn ------------------------------> start, CRI socket bound at <socket>.<its pid>
 //                   <-------------------- "prepared"
 //   stop accepting (the kernel queues),
-//   take the tokens out ----------------> import them, accept on fd 3
+//   take the tokens out, freeze the
+//   sessions until each is quiet (handover/
+//   freeze.ts), pass their sockets (fd 5),
+//   their state, the counters ----------> rebuild the sessions, paused (handover/adopt.ts);
+//                                         import the tokens, accept on fd 3
 //                   <-------------------- "took-over" {pid}
 //   rename <socket>.<new pid> -> <socket>,
+//   let go of the sessions' sockets ----> "sessions-yours": start them (read, timers)
 //   release the CRI socket (GOAWAY: clients reconnect by path, to the new process;
 //   calls in flight finish) ----------> "released": reread the sandbox records (what
 //                                       the old process changed since this one started)
-//   drain the sessions, exit 0
+//   exit 0 once the sessions it kept (TLS, or not quiet within QUIET_DEADLINE_MS) end
 //
-// Anything else (the new process exits, throws, or says nothing for TAKEOVER_TIMEOUT_MS)
-// and the old one kills it, accepts on its spare listener again, takes its tokens back and
-// logs why: an upgrade can fail, a forward must not.
+// Anything else before "took-over" (the new process exits, throws while adopting, or says
+// nothing for TAKEOVER_TIMEOUT_MS) and the old one kills it, thaws every session where it
+// stopped, accepts on its spare listener again, takes its tokens back and logs why: an
+// upgrade can fail, a forward must not. Should the old process die half-way, the new one
+// takes over alone (see takeOver).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, promises as fs } from 'node:fs';
 import type { Handover, RunningServer, Takeover } from './app';
+import { freezeSessions, type FrozenSessions } from './handover/freeze';
+import type { AdoptedSession, MovedSession } from './handover/movable';
+import { exportCounters, importCounters, type CounterValues } from './metrics';
 import type { Logger } from './log';
 import { addon } from './netns/addon';
 import { bindPathFor } from './cri/socket-file';
@@ -36,10 +45,17 @@ export const TAKEOVER_ENV = 'CRI_PORTFORWARD_TAKEOVER';
 const BASE_URL_ENV = 'CRI_PORTFORWARD_TAKEOVER_BASE_URL';
 /** The inherited streaming listener. */
 const LISTENER_FD = 3;
+/** The new process's end of the fd channel that brings the sessions' sockets. */
+const SESSION_FDS_FD = 5;
+/** Sockets per message on the fd channel (SCM_RIGHTS carries at most 253). */
+const FDS_PER_MESSAGE = 250;
 /** How often a draining old process looks for its last session's end. */
 const DRAIN_POLL_MS = 500;
 
-type ToNew = { type: 'tokens'; tokens: ExportedToken[] } | { type: 'released' };
+type ToNew =
+  | { type: 'tokens'; tokens: ExportedToken[]; sessions: MovedSession[]; fdMessages: number; counters: CounterValues }
+  | { type: 'sessions-yours' }
+  | { type: 'released' };
 type ToOld = { type: 'prepared' } | { type: 'took-over'; pid: number };
 
 /** The old side: one upgrade at a time; a second SIGUSR2 during one is ignored. */
@@ -71,14 +87,17 @@ export class Upgrader {
       h.metrics.handovers.inc({ result: 'failed' });
       return;
     }
+    const [channel, childChannel] = addon.fdChannel();
     const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
       env: { ...process.env, [TAKEOVER_ENV]: '1', [BASE_URL_ENV]: this.#server.streamBaseUrl },
-      stdio: ['ignore', 'inherit', 'inherit', h.streaming.listenerFd, 'ipc'],
+      stdio: ['ignore', 'inherit', 'inherit', h.streaming.listenerFd, 'ipc', childChannel],
     });
+    closeSync(childChannel);
     this.#child = child;
     const bindPath = bindPathFor(this.#criSocket, child.pid);
     this.#log.info('upgrade: starting the new process', { pid: child.pid, command: process.execPath });
     let tokens: ExportedToken[] | undefined;
+    let frozen: FrozenSessions | undefined;
     let settled = false;
     /** When this process stopped accepting: new connections waited in the kernel from then. */
     let stoppedAt = 0;
@@ -88,6 +107,9 @@ export class Upgrader {
       clearTimeout(timer);
       child.kill('SIGKILL');
       this.#child = undefined;
+      closeSync(channel);
+      // Every session goes on where it stopped; the new process's copies of their sockets died with it.
+      for (const session of frozen?.moving ?? []) session.thaw();
       const resume = tokens === undefined ? Promise.resolve() : h.streaming.acceptOn(spareFd);
       void resume.then(
         () => {
@@ -105,22 +127,61 @@ export class Upgrader {
     child.on('message', (message: ToOld) => {
       if (settled) return;
       if (message.type === 'prepared') {
-        // From here the kernel queues new streaming connections until the new process accepts.
-        void h.streaming.stopAccepting();
-        stoppedAt = performance.now();
-        tokens = h.tokens.exportAll();
-        if (process.env.CRI_PORTFORWARD_TEST_UPGRADE_DIE === '1') process.kill(process.pid, 'SIGKILL'); // injected (test): the old process dies mid-handover
-        child.send({ type: 'tokens', tokens } satisfies ToNew);
+        void this.#handOverState(child, channel, (t) => (tokens = t), (f) => (frozen = f), () => settled, () => (stoppedAt = performance.now())).catch((err: unknown) =>
+          fail('the sessions could not be handed over', err),
+        );
       } else if (message.type === 'took-over') {
         void fs.rename(bindPath, this.#criSocket).then(
-          () => this.#handOver(child, message.pid, spareFd, timer, done, () => (settled = true), performance.now() - stoppedAt),
+          () => {
+            // From here the new process owns the sessions: let go of their sockets, silently.
+            for (const session of frozen?.moving ?? []) {
+              session.release();
+              h.streaming.forget(session.socket);
+            }
+            closeSync(channel);
+            child.send({ type: 'sessions-yours' } satisfies ToNew);
+            this.#handOver(child, message.pid, spareFd, timer, done, () => (settled = true), performance.now() - stoppedAt, frozen);
+          },
           (err: unknown) => fail('the new CRI socket could not be moved into place', err),
         );
       }
     });
   }
 
-  #handOver(child: ChildProcess, pid: number, spareFd: number, timer: NodeJS.Timeout, done: () => void, settle: () => void, acceptGapMs: number): void {
+  /**
+   * The new process is ready: stop accepting, take the tokens and the sessions out, pass
+   * them. The counters are read first (an await), so that the sessions are frozen for as
+   * short a time as possible.
+   */
+  async #handOverState(
+    child: ChildProcess,
+    channel: number,
+    setTokens: (tokens: ExportedToken[]) => void,
+    setFrozen: (frozen: FrozenSessions) => void,
+    settled: () => boolean,
+    markStopped: () => void,
+  ): Promise<void> {
+    const h = this.#server.handover;
+    const counters = await exportCounters(h.metrics);
+    if (settled()) return;
+    // From here the kernel queues new streaming connections until the new process accepts.
+    void h.streaming.stopAccepting();
+    markStopped();
+    const tokens = h.tokens.exportAll();
+    setTokens(tokens);
+    const frozen = await freezeSessions(h.sessions);
+    if (settled()) {
+      for (const session of frozen.moving) session.thaw(); // the upgrade failed meanwhile
+      return;
+    }
+    setFrozen(frozen);
+    if (process.env.CRI_PORTFORWARD_TEST_UPGRADE_DIE === '1') process.kill(process.pid, 'SIGKILL'); // injected (test): the old process dies mid-handover
+    let fdMessages = 0;
+    for (let i = 0; i < frozen.fds.length; i += FDS_PER_MESSAGE, fdMessages++) addon.sendFds(channel, frozen.fds.slice(i, i + FDS_PER_MESSAGE));
+    child.send({ type: 'tokens', tokens, sessions: frozen.states, fdMessages, counters } satisfies ToNew);
+  }
+
+  #handOver(child: ChildProcess, pid: number, spareFd: number, timer: NodeJS.Timeout, done: () => void, settle: () => void, acceptGapMs: number, frozen: FrozenSessions | undefined): void {
     settle();
     clearTimeout(timer);
     this.#handedOver = true;
@@ -129,9 +190,11 @@ export class Upgrader {
     child.unref();
     const h: Handover = this.#server.handover;
     h.metrics.handovers.inc({ result: 'ok' });
-    this.#log.info('upgrade: handed over; serving the open sessions until they end', {
+    this.#log.info('upgrade: handed over', {
       newPid: pid,
-      sessions: h.streaming.openSessions,
+      sessionsMoved: frozen?.moving.length ?? 0,
+      // TLS sessions, and those not quiet in time: they stay here until they end.
+      sessionsKept: h.streaming.openSessions,
       // New streaming connections waited in the kernel's queue this long (none was refused).
       acceptGapMs: Math.round(acceptGapMs * 10) / 10,
     });
@@ -171,20 +234,35 @@ export function takeOver(server: RunningServer, criSocket: string, log: Logger):
     const h = server.handover;
     let accepting: Promise<void> | undefined;
     let released = false;
+    let adopted: AdoptedSession[] = [];
     const accept = (tokens: ExportedToken[]): Promise<void> => {
       if (accepting !== undefined) return accepting;
       h.tokens.importAll(tokens);
       accepting = h.streaming.acceptOn(LISTENER_FD);
-      accepting.then(() => log.info('upgrade: took over', { tokens: tokens.length }), reject);
+      accepting.then(() => log.info('upgrade: took over', { tokens: tokens.length, sessions: adopted.length }), reject);
       return accepting;
+    };
+    // Once the old process has let go of them (or is gone): the sessions read again.
+    let started = false;
+    const startSessions = (): void => {
+      if (started) return;
+      started = true;
+      startAdopted(h, adopted, log);
+      adopted = [];
     };
     process.on('message', (message: ToNew) => {
       if (message.type === 'tokens') {
-        if (process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1') throw new Error('injected: crash during takeover (test)');
+        importCounters(h.metrics, message.counters);
+        const fds: number[] = [];
+        for (let i = 0; i < message.fdMessages; i++) fds.push(...addon.recvFds(SESSION_FDS_FD));
+        adopted = h.adoptSessions(message.sessions, fds);
+        if (process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1') throw new Error('injected: crash while adopting the sessions (test)');
         void accept(message.tokens).then(() => {
           process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
           resolve();
         });
+      } else if (message.type === 'sessions-yours') {
+        startSessions();
       } else if (message.type === 'released') {
         // The old process has stopped serving the CRI socket: what it changed is on disk.
         released = true;
@@ -196,6 +274,8 @@ export function takeOver(server: RunningServer, criSocket: string, log: Logger):
     };
     process.once('disconnect', () => {
       if (released) return;
+      // Whatever the old process passed is ours alone now: it is gone.
+      startSessions();
       log.warn('upgrade: the old process went away before it released the CRI socket; taking over alone');
       void accept([])
         .then(() => fs.rename(bindPathFor(criSocket), criSocket))
@@ -210,4 +290,23 @@ export function takeOver(server: RunningServer, criSocket: string, log: Logger):
     });
     process.send!({ type: 'prepared' } satisfies ToOld);
   });
+}
+
+/** Start the adopted sessions; count them and the pause each saw (frozen in the old process to reading here). */
+function startAdopted(h: Handover, adopted: AdoptedSession[], log: Logger): void {
+  try {
+    closeSync(SESSION_FDS_FD);
+  } catch {
+    // the old process passed no channel (nothing to close)
+  }
+  let maxPauseMs = 0;
+  for (const session of adopted) {
+    session.start();
+    const pauseMs = Number(process.hrtime.bigint() - session.frozenAt) / 1e6;
+    maxPauseMs = Math.max(maxPauseMs, pauseMs);
+    h.metrics.handoverPause.observe(pauseMs / 1000);
+    h.metrics.sessionsHandedOver.inc({ protocol: session.protocol });
+  }
+  h.metrics.handovers.inc({ result: 'ok' });
+  if (adopted.length > 0) log.info('upgrade: sessions resumed', { sessions: adopted.length, maxPauseMs: Math.round(maxPauseMs * 10) / 10 });
 }

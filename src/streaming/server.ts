@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { Socket, type AddressInfo, type SocketConstructorOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ListenAddress } from '../config';
 import type { Logger } from '../log';
@@ -106,6 +106,21 @@ export class StreamingServer {
     return this.#baseUrl;
   }
 
+  /**
+   * An upgrade's new process: a client connection handed over by the old one, tracked as
+   * an upgraded socket; paused (nothing is read before the session is started).
+   */
+  adoptConnection(fd: number): Socket {
+    const socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as SocketConstructorOpts);
+    this.#track(socket);
+    return socket;
+  }
+
+  /** The old process: a connection handed over is no longer ours to end or count. */
+  forget(socket: Duplex): void {
+    this.#upgraded.delete(socket);
+  }
+
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => (this.#server.listening ? this.#server.close(() => resolve()) : resolve()));
     this.#server.closeAllConnections();
@@ -122,10 +137,14 @@ export class StreamingServer {
     if (answer !== undefined) sendPlain(res, answer);
   }
 
-  #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  #track(socket: Duplex): void {
     this.#upgraded.add(socket);
     socket.once('close', () => this.#upgraded.delete(socket));
     socket.on('error', (err) => this.#options.log.debug('upgraded socket error', { err }));
+  }
+
+  #onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    this.#track(socket);
     const answer = this.#route(req, { socket, head });
     if (answer !== undefined) sendPlainOnSocket(socket, answer);
   }

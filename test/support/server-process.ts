@@ -21,6 +21,8 @@ export interface ServerProcess {
   proc: ChildProcess;
   /** Every JSON log line so far. */
   logs: Record<string, unknown>[];
+  /** Everything written to stderr so far (by this process and any process that inherited it). */
+  stderr(): string;
   /** SIGTERM and wait; resolves to the exit code. */
   stop(): Promise<number | null>;
   /** Resolves to the exit code once the process has exited (by itself or stopped). */
@@ -32,6 +34,8 @@ export interface StartOptions {
   args?: string[];
   spawn?: SpawnOptions;
   readyTimeoutMs?: number;
+  /** The cli.js to run (default CLI_PATH, the tests' build): e.g. one in a copy of the built tree. */
+  cli?: string;
 }
 
 export function makeTempDir(prefix = 'cripf-test-'): string {
@@ -42,7 +46,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
   const dir = options.dir ?? makeTempDir();
   const criSocket = join(dir, 'cri.sock');
   const stateDir = join(dir, 'state');
-  const args = [CLI_PATH, 'serve', '--cri-socket', criSocket, '--state-dir', stateDir, ...(options.args ?? [])];
+  const args = [options.cli ?? CLI_PATH, 'serve', '--cri-socket', criSocket, '--state-dir', stateDir, ...(options.args ?? [])];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options.spawn });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
@@ -61,6 +65,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
         entry = { unparsed: line };
       }
       logs.push(entry);
+      if (process.env.CRI_PORTFORWARD_TEST_SHOW_LOGS === '1') process.stderr.write(`server: ${line}\n`);
       if (entry.msg === 'ready') {
         clearTimeout(timer);
         resolveReady(entry);
@@ -79,6 +84,7 @@ export async function startServer(options: StartOptions = {}): Promise<ServerPro
     streamBaseUrl: ready.streamBaseUrl as string,
     proc,
     logs,
+    stderr: () => stderr,
     exited,
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');

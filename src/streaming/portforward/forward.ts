@@ -8,11 +8,13 @@
 
 import type { Duplex } from 'node:stream';
 import type { BufferBudget } from '../../buffer-budget';
+import type { MovableSessions } from '../../handover/movable';
 import type { Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
 import { Pipe } from '../../pipe';
 import type { PortPolicy } from '../../policy/port-policy';
+import type { PodIdentity } from '../../policy/port-policy';
 import type { ResolvedSandbox } from '../../sandbox/types';
 import type { SessionGrant } from '../tokens';
 import { PIPED, verdictFor, type ForwardVerdict, type RefusedDialPolicy } from './verdict';
@@ -36,6 +38,8 @@ export interface ForwardDeps {
   budget: BufferBudget;
   /** WebSocket keepalive: ping an idle WebSocket this often. */
   pingIntervalMs: number;
+  /** Sessions an upgrade may move to the new process (every front end registers its own). */
+  sessions: MovableSessions;
 }
 
 export interface ForwardRequest {
@@ -47,6 +51,8 @@ export interface ForwardRequest {
   protocol: string;
   /** The session ended while the pod was being dialled: nothing is piped. */
   isAborted(): boolean;
+  /** The pod is dialled and the pipe runs (an upgrade hands over running pipes). */
+  onPiped?(pipe: Pipe, pod: PodIdentity): void;
 }
 
 export async function forwardConnection(deps: ForwardDeps, request: ForwardRequest): Promise<ForwardVerdict> {
@@ -70,14 +76,14 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
     const refusal = deps.policy.refusal(sandbox.pod, sandbox.ports, port);
     if (refusal !== undefined) {
       deps.metrics.policyDenied.inc({ reason: refusal.reason });
-      auditLog(deps, request, sandbox).warn('forward refused: port policy', { reason: refusal.reason, err: refusal.message });
+      auditLog(deps, request, sandbox?.pod).warn('forward refused: port policy', { reason: refusal.reason, err: refusal.message });
       return verdictFor('port-closed', deps.refusedDial, { port, sandboxId, message: refusal.message });
     }
     podFd = await deps.forwarder.connect(sandbox, port);
   } catch (err) {
     const error = err instanceof DialError ? err : new DialError('refused', `dial failed: ${String(err)}`);
     deps.metrics.dialErrors.inc({ reason: error.failure });
-    auditLog(deps, request, sandbox).warn('forward failed: dial', { reason: error.failure, err: error.message });
+    auditLog(deps, request, sandbox?.pod).warn('forward failed: dial', { reason: error.failure, err: error.message });
     return verdictFor(error.failure, deps.refusedDial, { port, sandboxId, message: error.message });
   }
 
@@ -87,14 +93,23 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
     pipe.close();
     return PIPED;
   }
+  request.onPiped?.(pipe, sandbox.pod);
+  auditLog(deps, request, sandbox.pod).info('forward started');
+  return pipeForward(deps, request, sandbox.pod, pipe, started);
+}
+
+/**
+ * A running pipe, to its end: the metrics and the end of the audit trail. Also where an
+ * upgrade's new process takes a handed-over connection on (`started`: when the forward
+ * started, in the old process).
+ */
+export async function pipeForward(deps: ForwardDeps, request: ForwardRequest, pod: PodIdentity, pipe: Pipe, started: number): Promise<ForwardVerdict> {
   deps.metrics.forwardsActive.inc();
-  const log = auditLog(deps, request, sandbox);
-  log.info('forward started');
   const result = await pipe.done;
   deps.metrics.forwardsActive.dec();
   deps.metrics.bytesToPod.inc(result.bytesToPod);
   deps.metrics.bytesToClient.inc(result.bytesToClient);
-  log.info('forward ended', {
+  auditLog(deps, request, pod).info('forward ended', {
     reason: result.outcome,
     bytesToPod: result.bytesToPod,
     bytesToClient: result.bytesToClient,
@@ -106,13 +121,13 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
 }
 
 /** The logger of one forwarded connection, carrying its audit fields (the pod's once known). */
-function auditLog(deps: ForwardDeps, request: ForwardRequest, sandbox: ResolvedSandbox | undefined): Logger {
+function auditLog(deps: ForwardDeps, request: ForwardRequest, pod: PodIdentity | undefined): Logger {
   const { grant } = request;
   const fields: Record<string, unknown> = { sandboxId: grant.sandboxId, port: request.port, protocol: request.protocol, peer: grant.peer, token: grant.tag };
-  if (sandbox !== undefined) {
-    fields.podNamespace = sandbox.pod.namespace;
-    fields.podName = sandbox.pod.name;
-    fields.podUid = sandbox.pod.uid;
+  if (pod !== undefined) {
+    fields.podNamespace = pod.namespace;
+    fields.podName = pod.name;
+    fields.podUid = pod.uid;
   }
   return deps.log.child(fields);
 }

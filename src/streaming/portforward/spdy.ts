@@ -10,14 +10,18 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Socket } from 'node:net';
+import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
+import type { PodIdentity } from '../../policy/port-policy';
+import { Pipe, releaseSocket, socketFd, type PipeState } from '../../pipe';
 import { GoAwayStatus, RstCode } from '../spdy/constants';
-import { SpdySession } from '../spdy/session';
+import { SpdySession, type SpdySessionState } from '../spdy/session';
 import type { SpdyStream } from '../spdy/stream';
 import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
 import type { PortForwardProtocol } from '../protocol';
 import type { SessionGrant } from '../tokens';
-import { forwardConnection, type ForwardDeps } from './forward';
+import { forwardConnection, pipeForward, type ForwardDeps, type ForwardRequest } from './forward';
+import type { ForwardVerdict } from './verdict';
 import { END_SESSION_LINGER_MS } from './verdict';
 import { isSpdyUpgrade, spdyHandshake } from './spdy-handshake';
 
@@ -25,7 +29,33 @@ interface Pair {
   requestId: string;
   error?: SpdyStream;
   data?: SpdyStream;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
+  /** When the --stream-creation-timeout runs out (Date.now()). */
+  deadline: number;
+}
+
+/** A complete pair being forwarded: dialling until it has a pipe. */
+interface Forward {
+  error: SpdyStream;
+  data: SpdyStream;
+  port: number;
+  started: number;
+  pipe?: Pipe;
+  pod?: PodIdentity;
+}
+
+/** What an upgrade's new process builds a session from: its state and the fds passed. */
+export interface AdoptedSpdy {
+  state: SpdyPortForwardState;
+  fds: number[];
+}
+
+/** A port-forward session as an upgrade hands it over (see SpdyPortForwardSession.freeze). */
+export interface SpdyPortForwardState {
+  session: SpdySessionState;
+  /** Incomplete pairs, by stream id, with the time left to complete. */
+  pairs: { requestId: string; error?: number; data?: number; remainingMs: number }[];
+  forwards: { error: number; data: number; port: number; started: number; pod: PodIdentity; pipe: PipeState }[];
 }
 
 let nextConnectionId = 1;
@@ -36,10 +66,14 @@ export class SpdyPortForwardSession {
   readonly #grant: SessionGrant;
   readonly #session: SpdySession;
   readonly #pairs = new Map<string, Pair>();
+  readonly #forwards = new Set<Forward>();
   readonly #connectionId = nextConnectionId++;
   readonly #protocol: string;
 
-  constructor(transport: Duplex, grant: SessionGrant, deps: ForwardDeps, protocol: string, chunks?: ChunkTracker) {
+  /** Adopted pipes, started with the session (upgrade). */
+  readonly #adoptedPipes: Pipe[] = [];
+
+  constructor(transport: Duplex, grant: SessionGrant, deps: ForwardDeps, protocol: string, chunks?: ChunkTracker, adopted?: AdoptedSpdy) {
     this.#deps = deps;
     this.#grant = grant;
     this.#protocol = protocol;
@@ -52,9 +86,11 @@ export class SpdyPortForwardSession {
       onStallReset: () => deps.metrics.streamStallResets.inc(),
       budget: deps.budget,
       ...(chunks ? { chunks } : {}),
-    });
+    }, adopted?.state.session);
     deps.metrics.sessionsActive.inc({ protocol });
-    deps.metrics.sessionsTotal.inc({ protocol });
+    // An adopted session was counted by the old process (its counters carry over).
+    if (adopted === undefined) deps.metrics.sessionsTotal.inc({ protocol });
+    else this.#adopt(adopted);
     void this.#session.ended.then((reason) => {
       deps.metrics.sessionsActive.dec({ protocol });
       for (const pair of this.#pairs.values()) clearTimeout(pair.timer);
@@ -85,7 +121,8 @@ export class SpdyPortForwardSession {
     const requestId = stream.headers.get('requestid') ?? String(type === 'error' ? stream.id : stream.id - 2);
     let pair = this.#pairs.get(requestId);
     if (pair === undefined) {
-      pair = { requestId, timer: setTimeout(() => this.#onPairTimeout(requestId), this.#deps.streamCreationTimeoutMs) };
+      pair = { requestId, timer: undefined, deadline: Date.now() + this.#deps.streamCreationTimeoutMs };
+      this.#armPairTimer(pair);
       this.#pairs.set(requestId, pair);
     }
     if (pair[type] !== undefined) {
@@ -102,20 +139,116 @@ export class SpdyPortForwardSession {
     }
   }
 
+  #armPairTimer(pair: Pair): void {
+    pair.timer = setTimeout(() => this.#onPairTimeout(pair.requestId), Math.max(0, pair.deadline - Date.now()));
+  }
+
   async #forward(errorStream: SpdyStream, dataStream: SpdyStream, port: number): Promise<void> {
+    const forward: Forward = { error: errorStream, data: dataStream, port, started: Date.now() };
+    this.#forwards.add(forward);
     const verdict = await forwardConnection(this.#deps, {
-      grant: this.#grant,
-      port,
-      client: dataStream,
-      protocol: this.#protocol,
-      isAborted: () => this.#session.isEnded,
+      ...this.#request(port, dataStream),
+      onPiped: (pipe, pod) => {
+        forward.pipe = pipe;
+        forward.pod = pod;
+      },
     });
+    this.#forwarded(forward, verdict);
+  }
+
+  #request(port: number, dataStream: SpdyStream): ForwardRequest {
+    return { grant: this.#grant, port, client: dataStream, protocol: this.#protocol, isAborted: () => this.#session.isEnded };
+  }
+
+  #forwarded(forward: Forward, verdict: ForwardVerdict): void {
+    this.#forwards.delete(forward);
+    const { error: errorStream, data: dataStream } = forward;
     // The text (if any) goes out before the data stream's reset, so kubectl has it when the
     // data stream fails; our half of the error stream ends either way.
     if (verdict.errorText !== undefined && !errorStream.destroyed) errorStream.end(verdict.errorText);
     if (verdict.resetData) this.#session.reset(dataStream, RstCode.Cancel, verdict.errorText ?? 'forward failed');
     if (!errorStream.destroyed && !errorStream.writableEnded) errorStream.end();
     if (verdict.endSession) setTimeout(() => this.#session.close(GoAwayStatus.Ok), END_SESSION_LINGER_MS).unref();
+  }
+
+  // ---- upgrade handover (the front ends stop and resume reading the connection) ------
+
+  freeze(): void {
+    this.#session.freeze();
+    for (const pair of this.#pairs.values()) clearTimeout(pair.timer);
+    for (const forward of this.#forwards) forward.pipe?.freeze();
+  }
+
+  /** No dial under way, every pipe and the session quiet. */
+  get isQuiet(): boolean {
+    for (const forward of this.#forwards) if (forward.pipe === undefined || !forward.pipe.isQuiet) return false;
+    return this.#session.isQuiet;
+  }
+
+  thaw(): void {
+    this.#session.thaw();
+    for (const pair of this.#pairs.values()) this.#armPairTimer(pair);
+    for (const forward of this.#forwards) forward.pipe?.thaw();
+  }
+
+  exportState(fds: number[]): SpdyPortForwardState {
+    const now = Date.now();
+    return {
+      session: this.#session.exportState(),
+      pairs: [...this.#pairs.values()].map((p) => ({
+        requestId: p.requestId,
+        ...(p.error ? { error: p.error.id } : {}),
+        ...(p.data ? { data: p.data.id } : {}),
+        remainingMs: Math.max(0, p.deadline - now),
+      })),
+      forwards: [...this.#forwards].map((f) => ({ error: f.error.id, data: f.data.id, port: f.port, started: f.started, pod: f.pod!, pipe: f.pipe!.exportState(fds) })),
+    };
+  }
+
+  /** The new process owns the session: let go of the pod sockets; the front end lets go of the client's. */
+  release(): void {
+    for (const forward of this.#forwards) forward.pipe?.release();
+    this.#deps.metrics.sessionsActive.dec({ protocol: this.#protocol });
+  }
+
+  // The session's streams are back (SpdySession's constructor); tie them up again: pairs
+  // still waiting for their other stream, forwards with their pipes (paused until start()),
+  // and every other stream read and dropped, as it was (a data stream after its pipe
+  // ended, an error stream the client has not closed yet).
+  #adopt({ state, fds }: AdoptedSpdy): void {
+    const session = this.#session;
+    const claimed = new Set<number>();
+    const claim = (id: number): SpdyStream => {
+      claimed.add(id);
+      return session.adoptedStream(id);
+    };
+    const now = Date.now();
+    for (const p of state.pairs) {
+      const pair: Pair = { requestId: p.requestId, timer: undefined, deadline: now + p.remainingMs };
+      if (p.error !== undefined) pair.error = claim(p.error);
+      if (p.data !== undefined) pair.data = claim(p.data);
+      this.#pairs.set(p.requestId, pair);
+    }
+    for (const f of state.forwards) {
+      const data = claim(f.data);
+      const pipe = new Pipe(data, fds[f.pipe.podFd]!, { graceMs: this.#deps.halfCloseGraceMs, budget: this.#deps.budget }, f.pipe);
+      const forward: Forward = { error: claim(f.error), data, port: f.port, started: f.started, pipe, pod: f.pod };
+      this.#forwards.add(forward);
+      this.#adoptedPipes.push(pipe);
+      void pipeForward(this.#deps, this.#request(f.port, data), f.pod, pipe, f.started).then((verdict) => this.#forwarded(forward, verdict));
+    }
+    for (const stream of session.streams) {
+      stream.on('error', () => undefined);
+      if (!claimed.has(stream.id) || stream.headers.get('streamtype') === 'error') stream.resume();
+    }
+  }
+
+  /** An adopted session: go (the old process has let go of it). */
+  start(): void {
+    this.#session.startAdopted();
+    for (const pair of this.#pairs.values()) this.#armPairTimer(pair);
+    for (const pipe of this.#adoptedPipes) pipe.start();
+    this.#adoptedPipes.length = 0;
   }
 
   #onPairTimeout(requestId: string): void {
@@ -155,10 +288,80 @@ export class SpdyPortForwardProtocol implements PortForwardProtocol {
     }
     socket.write(handshake.response);
     (socket as Socket).setNoDelay?.(true);
-    let pf: SpdyPortForwardSession | undefined;
-    const slabBytes = (): number => spdyBulkSlabBytes(pf?.session.streamCount ?? 0);
-    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, undefined, slabBytes) : undefined;
-    pf = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy', chunks);
+    const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, undefined, () => slabBytes(pf)) : undefined;
+    const pf: SpdyPortForwardSession = new SpdyPortForwardSession(socket, grant, this.deps, 'spdy', chunks);
+    // A TLS connection cannot change process: it stays, and drains here on an upgrade.
+    if (chunks !== undefined) new MovablePlainSpdy(socket as Socket, pf, grant, this.deps);
     pf.session.pushInitial(head);
   }
+}
+
+function slabBytes(pf: SpdyPortForwardSession | undefined): number {
+  return spdyBulkSlabBytes(pf?.session.streamCount ?? 0);
+}
+
+/** A plain SPDY session as an upgrade moves it: the client socket and the port-forward session. */
+class MovablePlainSpdy implements MovableSession {
+  readonly protocol = 'spdy';
+  #frozenAt = 0n;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly pf: SpdyPortForwardSession,
+    private readonly grant: SessionGrant,
+    private readonly deps: ForwardDeps,
+  ) {
+    deps.sessions.add(this);
+    void pf.session.ended.then(() => deps.sessions.delete(this));
+  }
+
+  freeze(): void {
+    this.#frozenAt = frozenNow();
+    this.socket.pause();
+    this.pf.freeze();
+  }
+
+  get isQuiet(): boolean {
+    return this.pf.isQuiet;
+  }
+
+  thaw(): void {
+    this.pf.thaw();
+    if (!this.pf.session.readingHeld) this.socket.resume();
+  }
+
+  exportState(fds: number[]): MovedSession {
+    fds.push(socketFd(this.socket));
+    const socketIndex = fds.length - 1;
+    return { protocol: 'spdy', grant: movedGrant(this.grant), socketFd: socketIndex, frozenAt: String(this.#frozenAt), spdy: this.pf.exportState(fds) };
+  }
+
+  release(): void {
+    this.deps.sessions.delete(this);
+    this.pf.release();
+    releaseSocket(this.socket);
+  }
+}
+
+/** A grant as JSON. */
+export function movedGrant(grant: SessionGrant): MovedSession['grant'] {
+  return { sandboxId: grant.sandboxId, ports: [...grant.ports], tag: grant.tag, peer: grant.peer };
+}
+
+/** An upgrade's new process: a plain SPDY session from its state, paused until start(). */
+export function adoptPlainSpdy(moved: MovedSession, socket: Socket, fds: number[], deps: ForwardDeps): AdoptedSession {
+  socket.setNoDelay(true);
+  let pf: SpdyPortForwardSession | undefined;
+  const chunks = readIntoOwnedSlabs(socket, deps.budget, undefined, () => slabBytes(pf));
+  pf = new SpdyPortForwardSession(socket, moved.grant, deps, 'spdy', chunks, { state: moved.spdy!, fds });
+  const adopted = pf;
+  new MovablePlainSpdy(socket, adopted, moved.grant, deps);
+  return {
+    protocol: 'spdy',
+    frozenAt: BigInt(moved.frozenAt),
+    start() {
+      adopted.start();
+      socket.resume();
+    },
+  };
 }

@@ -8,11 +8,14 @@ import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
+import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
+import { releaseSocket, socketFd } from '../../pipe';
 import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import type { PortForwardProtocol } from '../protocol';
 import type { SessionGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
-import { SpdyPortForwardSession } from './spdy';
+import { movedGrant, SpdyPortForwardSession } from './spdy';
+import { adoptWebSocket, receiverPending } from './ws-handover';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Close code when the client breaks the tunnel's rules (a text message). */
@@ -20,6 +23,9 @@ const CLOSE_UNSUPPORTED_DATA = 1003;
 
 /** A WebSocket as a byte stream: each binary message is a chunk; each write a message. */
 class WebSocketByteStream extends Duplex {
+  /** An upgrade is taking the session: the WebSocket stays paused whatever the reader wants. */
+  frozen = false;
+
   constructor(
     private readonly ws: WebSocket,
     /** The socket's read slabs, when messages are views of them (owned-reads.ts). */
@@ -42,7 +48,13 @@ class WebSocketByteStream extends Duplex {
   }
 
   override _read(): void {
-    if (this.ws.isPaused) this.ws.resume();
+    if (this.ws.isPaused && !this.frozen) this.ws.resume();
+  }
+
+  /** Resume reading the WebSocket after a freeze, unless the reader still holds enough. */
+  thaw(): void {
+    this.frozen = false;
+    if (this.readableLength < this.readableHighWaterMark) this.ws.resume();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, callback: (err?: Error | null) => void): void {
@@ -89,10 +101,102 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
     const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, holds, slabBytes) : undefined;
     void acceptWebSocket(req, socket, head, SPDY_TUNNEL_PROTOCOL).then((ws) => {
       accepted = ws;
-      pf = new SpdyPortForwardSession(new WebSocketByteStream(ws, chunks), grant, this.deps, 'spdy-websocket', chunks);
-      // WebSocket pings keep proxies on the way open; the SPDY session has its own idle timeout.
-      const stop = keepAlive(ws, this.deps.pingIntervalMs, Number.MAX_SAFE_INTEGER, () => undefined);
-      void pf.session.ended.then(stop);
+      const bytes = new WebSocketByteStream(ws, chunks);
+      pf = new SpdyPortForwardSession(bytes, grant, this.deps, 'spdy-websocket', chunks);
+      if (chunks !== undefined) new MovableTunnel(socket as Socket, ws, bytes, pf, grant, this.deps).startKeepAlive();
+      else keepTunnelAlive(ws, pf, this.deps);
     });
   }
+}
+
+// WebSocket pings keep proxies on the way open; the SPDY session has its own idle timeout.
+function keepTunnelAlive(ws: WebSocket, pf: SpdyPortForwardSession, deps: ForwardDeps): () => void {
+  const stop = keepAlive(ws, deps.pingIntervalMs, Number.MAX_SAFE_INTEGER, () => undefined);
+  void pf.session.ended.then(stop);
+  return stop;
+}
+
+/** A tunnel as an upgrade moves it: the socket, its WebSocket, the byte stream, the SPDY session. */
+class MovableTunnel implements MovableSession {
+  readonly protocol = 'spdy-websocket';
+  #frozenAt = 0n;
+  #stopKeepAlive: (() => void) | undefined;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly ws: WebSocket,
+    private readonly bytes: WebSocketByteStream,
+    private readonly pf: SpdyPortForwardSession,
+    private readonly grant: SessionGrant,
+    private readonly deps: ForwardDeps,
+  ) {
+    deps.sessions.add(this);
+    void pf.session.ended.then(() => deps.sessions.delete(this));
+  }
+
+  startKeepAlive(): this {
+    this.#stopKeepAlive = keepTunnelAlive(this.ws, this.pf, this.deps);
+    return this;
+  }
+
+  freeze(): void {
+    this.#frozenAt = frozenNow();
+    this.#stopKeepAlive?.(); // no ping may go out while the state is taken
+    this.bytes.frozen = true;
+    this.ws.pause();
+    this.pf.freeze();
+  }
+
+  get isQuiet(): boolean {
+    const ws = this.ws;
+    return ws.readyState === ws.OPEN && this.bytes.readableLength === 0 && this.bytes.writableLength === 0 && this.pf.isQuiet && receiverPending(ws) !== undefined;
+  }
+
+  thaw(): void {
+    this.pf.thaw();
+    this.bytes.thaw();
+    this.startKeepAlive();
+  }
+
+  exportState(fds: number[]): MovedSession {
+    fds.push(socketFd(this.socket));
+    const socketIndex = fds.length - 1;
+    return {
+      protocol: 'spdy-websocket',
+      grant: movedGrant(this.grant),
+      socketFd: socketIndex,
+      frozenAt: String(this.#frozenAt),
+      ws: { protocol: SPDY_TUNNEL_PROTOCOL, pending: receiverPending(this.ws)!.toString('base64') },
+      spdy: this.pf.exportState(fds),
+    };
+  }
+
+  release(): void {
+    this.deps.sessions.delete(this);
+    this.pf.release();
+    releaseSocket(this.socket);
+  }
+}
+
+/** An upgrade's new process: a tunnel from its state, paused until start(). */
+export function adoptTunnel(moved: MovedSession, socket: Socket, fds: number[], deps: ForwardDeps): AdoptedSession {
+  let pf: SpdyPortForwardSession | undefined;
+  let ws: WebSocket | undefined;
+  const holds = (chunk: Buffer): boolean => ws === undefined || receiverHolds(ws, chunk);
+  const chunks = readIntoOwnedSlabs(socket, deps.budget, holds, () => spdyBulkSlabBytes(pf?.session.streamCount ?? 0));
+  ws = adoptWebSocket(socket, Buffer.from(moved.ws!.pending, 'base64'), moved.ws!.protocol);
+  const bytes = new WebSocketByteStream(ws, chunks);
+  bytes.frozen = true;
+  const adopted = new SpdyPortForwardSession(bytes, moved.grant, deps, 'spdy-websocket', chunks, { state: moved.spdy!, fds });
+  pf = adopted;
+  const movable = new MovableTunnel(socket, ws, bytes, adopted, moved.grant, deps);
+  return {
+    protocol: 'spdy-websocket',
+    frozenAt: BigInt(moved.frozenAt),
+    start() {
+      adopted.start();
+      bytes.thaw();
+      movable.startKeepAlive();
+    },
+  };
 }

@@ -7,6 +7,9 @@ import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
+import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
+import { Pipe, releaseSocket, socketFd, type PipeState } from '../../pipe';
+import type { PodIdentity } from '../../policy/port-policy';
 import { BudgetedBound } from '../../buffer-budget';
 import { FEW_STREAMS_BULK_SLAB_BYTES, readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
 import { sendPlainOnSocket } from '../plain-answer';
@@ -23,7 +26,10 @@ import {
   V4_BINARY,
   type ChannelEncoding,
 } from './channel-codec';
-import { forwardConnection, type ForwardDeps } from './forward';
+import { forwardConnection, pipeForward, type ForwardDeps, type ForwardRequest } from './forward';
+import { movedGrant } from './spdy';
+import type { ForwardVerdict } from './verdict';
+import { adoptWebSocket, receiverPending } from './ws-handover';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
@@ -109,7 +115,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
         : undefined;
     void acceptWebSocket(req, socket, head, protocol).then((ws) => {
       accepted = ws;
-      new ChannelSession(ws, grant, encodingOf(protocol), this.deps, chunks).start();
+      new ChannelSession(ws, grant, encodingOf(protocol), this.deps, chunks, chunks === undefined ? undefined : (socket as Socket)).start();
     });
   }
 
@@ -119,15 +125,30 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
   }
 }
 
+/** Where one port's forward is: dialling, piping, or over (its channels ended). */
+type PortForward = { state: 'dialling' } | { state: 'piping'; pipe: Pipe; pod: PodIdentity; started: number } | { state: 'ended' };
+
+/** A channel session as an upgrade hands it over: each port's forward, piping or over. */
+export interface ChannelSessionState {
+  forwards: ({ port: number; ended: true } | { port: number; ended?: false; started: number; pod: PodIdentity; pipe: PipeState })[];
+}
+
 /** One WebSocket: a data and an error channel per port of the grant. */
-class ChannelSession implements ChannelOwner {
+class ChannelSession implements ChannelOwner, MovableSession {
+  readonly protocol = 'websocket';
   readonly #data: ChannelStream[] = [];
   readonly #errors: ChannelStream[] = [];
+  readonly #forwards: PortForward[] = [];
   readonly #decoder: ChannelDecoder;
   #closed = false;
   /** Metrics and streams released (once, whoever closed first). */
   #released = false;
-  readonly #stopKeepAlive: () => void;
+  #stopKeepAlive: (() => void) | undefined;
+  #frozenAt = 0n;
+  /** An upgrade is taking its state: the WebSocket stays paused, thaw() decides. */
+  #frozen = false;
+  /** Adopted pipes, started with the session. */
+  readonly #adoptedPipes: Pipe[] = [];
 
   constructor(
     private readonly ws: WebSocket,
@@ -135,21 +156,30 @@ class ChannelSession implements ChannelOwner {
     private readonly encoding: ChannelEncoding,
     private readonly deps: ForwardDeps,
     private readonly chunks: ChunkTracker | undefined,
+    /** The client connection, when it can move to an upgrade's new process (plain TCP). */
+    private readonly movableSocket: Socket | undefined,
   ) {
     this.#decoder = new ChannelDecoder(encoding, grant.ports.length);
-    this.#stopKeepAlive = keepAlive(ws, deps.pingIntervalMs, deps.idleTimeoutMs, () =>
-      this.#close(CLOSE_NORMAL, 'idle timeout'),
-    );
   }
 
-  start(): void {
+  get socket(): Socket {
+    return this.movableSocket!;
+  }
+
+  #startKeepAlive(): void {
+    this.#stopKeepAlive = keepAlive(this.ws, this.deps.pingIntervalMs, this.deps.idleTimeoutMs, () => this.#close(CLOSE_NORMAL, 'idle timeout'));
+  }
+
+  /** The channels, the WebSocket's events and the metrics: a new session's and an adopted one's. */
+  #open(adopted: boolean): void {
     const { ws, grant, deps } = this;
     deps.metrics.sessionsActive.inc({ protocol: 'websocket' });
-    deps.metrics.sessionsTotal.inc({ protocol: 'websocket' });
+    // An adopted session was counted by the old process (its counters carry over).
+    if (!adopted) deps.metrics.sessionsTotal.inc({ protocol: 'websocket' });
     ws.on('message', (data: Buffer, isBinary: boolean) => this.#onMessage(data, isBinary));
     ws.on('error', (err) => deps.log.debug('WebSocket error', { err }));
     ws.on('close', () => this.#onClose());
-    const forwards = grant.ports.map((port, i) => {
+    for (let i = 0; i < grant.ports.length; i++) {
       const data = new ChannelStream(ws, 2 * i, this.encoding, this, this.#receiveBound());
       const error = new ChannelStream(ws, 2 * i + 1, this.encoding, this, this.#receiveBound());
       // A client that vanishes fails the channels' writes (EPIPE from ws). The pipe hears it
@@ -159,25 +189,125 @@ class ChannelSession implements ChannelOwner {
       error.on('error', () => undefined);
       this.#data.push(data);
       this.#errors.push(error);
-      data.write(portPrefix(port));
-      error.write(portPrefix(port));
-      return this.#forward(port, data, error);
+    }
+    if (this.movableSocket !== undefined) {
+      deps.sessions.add(this);
+      ws.once('close', () => deps.sessions.delete(this));
+    }
+  }
+
+  start(): void {
+    this.#open(false);
+    this.#startKeepAlive();
+    const forwards = this.grant.ports.map((port, i) => {
+      this.#data[i]!.write(portPrefix(port));
+      this.#errors[i]!.write(portPrefix(port));
+      return this.#forward(i);
     });
     void Promise.all(forwards).then(() => this.#close(CLOSE_NORMAL, ''));
+  }
+
+  // ---- upgrade handover ---------------------------------------------------------------
+
+  freeze(): void {
+    this.#frozenAt = frozenNow();
+    this.#frozen = true;
+    this.#stopKeepAlive?.();
+    this.ws.pause();
+    for (const f of this.#forwards) if (f.state === 'piping') f.pipe.freeze();
+  }
+
+  get isQuiet(): boolean {
+    const ws = this.ws;
+    if (this.#closed || ws.readyState !== ws.OPEN || this.socket.writableLength > 0) return false;
+    for (const f of this.#forwards) if (f.state === 'dialling' || (f.state === 'piping' && !f.pipe.isQuiet)) return false;
+    for (const c of this.#data) if (c.readableLength > 0 || c.writableLength > 0) return false;
+    for (const c of this.#errors) if (c.writableLength > 0) return false;
+    return receiverPending(ws) !== undefined;
+  }
+
+  thaw(): void {
+    this.#frozen = false;
+    for (const f of this.#forwards) if (f.state === 'piping') f.pipe.thaw();
+    if (!this.#closed) this.#startKeepAlive();
+    this.#resumeUnlessHeld(undefined);
+  }
+
+  exportState(fds: number[]): MovedSession {
+    fds.push(socketFd(this.socket));
+    const socketIndex = fds.length - 1;
+    const forwards = this.#forwards.map((f, i): ChannelSessionState['forwards'][number] => {
+      const port = this.grant.ports[i]!;
+      if (f.state === 'piping') return { port, started: f.started, pod: f.pod, pipe: f.pipe.exportState(fds) };
+      return { port, ended: true };
+    });
+    return {
+      protocol: 'websocket',
+      grant: movedGrant(this.grant),
+      socketFd: socketIndex,
+      frozenAt: String(this.#frozenAt),
+      ws: { protocol: this.ws.protocol, pending: receiverPending(this.ws)!.toString('base64') },
+      channels: { forwards },
+    };
+  }
+
+  release(): void {
+    this.deps.sessions.delete(this);
+    for (const f of this.#forwards) if (f.state === 'piping') f.pipe.release();
+    this.deps.metrics.sessionsActive.dec({ protocol: 'websocket' });
+    this.#released = true;
+    releaseSocket(this.socket);
+  }
+
+  /** An upgrade's new process: the channels and their pipes as the old process left them, paused. */
+  adopt(state: ChannelSessionState, fds: number[]): void {
+    this.#open(true);
+    const forwards = state.forwards.map((f, i) => {
+      if (f.ended === true) {
+        this.#forwards[i] = { state: 'ended' };
+        this.#data[i]!.end();
+        this.#errors[i]!.end();
+        return Promise.resolve();
+      }
+      const data = this.#data[i]!;
+      const pipe = new Pipe(data, fds[f.pipe.podFd]!, { graceMs: this.deps.halfCloseGraceMs, budget: this.deps.budget }, f.pipe);
+      this.#forwards[i] = { state: 'piping', pipe, pod: f.pod, started: f.started };
+      this.#adoptedPipes.push(pipe);
+      return pipeForward(this.deps, this.#request(i), f.pod, pipe, f.started).then((verdict) => this.#forwarded(i, verdict));
+    });
+    void Promise.all(forwards).then(() => this.#close(CLOSE_NORMAL, ''));
+  }
+
+  /** An adopted session: go. */
+  startAdopted(): void {
+    for (const pipe of this.#adoptedPipes) pipe.start();
+    this.#adoptedPipes.length = 0;
+    this.#startKeepAlive();
+    this.#resumeUnlessHeld(undefined);
   }
 
   #receiveBound(): BudgetedBound {
     return new BudgetedBound(this.deps.budget, CHANNEL_BASE_RECEIVE_BYTES, CHANNEL_RECEIVE_BUFFER_BYTES);
   }
 
-  async #forward(port: number, data: ChannelStream, error: ChannelStream): Promise<void> {
+  #request(i: number): ForwardRequest {
+    return { grant: this.grant, port: this.grant.ports[i]!, client: this.#data[i]!, protocol: 'websocket', isAborted: () => this.#closed };
+  }
+
+  async #forward(i: number): Promise<void> {
+    const forward: PortForward = { state: 'dialling' };
+    this.#forwards[i] = forward;
     const verdict = await forwardConnection(this.deps, {
-      grant: this.grant,
-      port,
-      client: data,
-      protocol: 'websocket',
-      isAborted: () => this.#closed,
+      ...this.#request(i),
+      onPiped: (pipe, pod) => (this.#forwards[i] = { state: 'piping', pipe, pod, started: Date.now() }),
     });
+    await this.#forwarded(i, verdict);
+  }
+
+  async #forwarded(i: number, verdict: ForwardVerdict): Promise<void> {
+    this.#forwards[i] = { state: 'ended' };
+    const data = this.#data[i]!;
+    const error = this.#errors[i]!;
     if (verdict.errorText !== undefined && !error.destroyed) error.write(Buffer.from(verdict.errorText));
     // v4 has no per-channel reset or close (verdict.resetData): both channels just end, and
     // everything queued on them goes out before the WebSocket closes.
@@ -207,6 +337,11 @@ class ChannelSession implements ChannelOwner {
   // 25% more server CPU per GiB on upload, for reasons not pinned down).
   channelWantsData(channel: ChannelStream): void {
     channel.receiveBound.release(); // under its base again: the loan goes back
+    if (this.#frozen) return; // an upgrade is taking the session: thaw() decides
+    this.#resumeUnlessHeld(channel);
+  }
+
+  #resumeUnlessHeld(channel: ChannelStream | undefined): void {
     if (!this.ws.isPaused) return;
     for (const other of this.#data) {
       if (other !== channel && !other.destroyed && other.readableLength >= other.receiveBound.limit) return;
@@ -231,7 +366,7 @@ class ChannelSession implements ChannelOwner {
   }
 
   #onClose(): void {
-    this.#stopKeepAlive();
+    this.#stopKeepAlive?.();
     if (this.#released) return;
     this.#released = true;
     this.#closed = true;
@@ -248,4 +383,15 @@ class ChannelSession implements ChannelOwner {
     for (const stream of this.#errors) stream.destroy();
     setTimeout(() => this.ws.terminate(), CLOSE_LINGER_MS).unref();
   }
+}
+
+/** An upgrade's new process: a channel session from its state, paused until start(). */
+export function adoptChannels(moved: MovedSession, socket: Socket, fds: number[], deps: ForwardDeps): AdoptedSession {
+  let ws: WebSocket | undefined;
+  const chunks = readIntoOwnedSlabs(socket, deps.budget, (chunk) => ws === undefined || receiverHolds(ws, chunk), () => FEW_STREAMS_BULK_SLAB_BYTES);
+  ws = adoptWebSocket(socket, Buffer.from(moved.ws!.pending, 'base64'), moved.ws!.protocol);
+  const session = new ChannelSession(ws, moved.grant, encodingOf(moved.ws!.protocol), deps, chunks, socket);
+  ws.pause();
+  session.adopt(moved.channels!, fds);
+  return { protocol: 'websocket', frozenAt: BigInt(moved.frozenAt), start: () => session.startAdopted() };
 }

@@ -44,6 +44,11 @@ export class FrameWriter {
     transport.write(last, callback);
   }
 
+  /** Frames wait for the end of this turn (an upgrade waits for them to leave). */
+  get pending(): boolean {
+    return this.#corked;
+  }
+
   #corkForTurn(): void {
     if (this.#corked) return;
     this.#corked = true;

@@ -27,7 +27,7 @@ import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './header
 import { FrameParser, type FrameSink } from './parser';
 import type { ChunkTracker } from '../owned-reads';
 import { StallWatch } from './stall-watch';
-import { SpdyStream, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES, type StreamOwner } from './stream';
+import { SpdyStream, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES, type StreamOwner, type StreamState } from './stream';
 
 export interface SpdySessionOptions {
   /** A new stream from the peer; the callee replies (session.reply) or resets it. */
@@ -47,6 +47,22 @@ export interface SpdySessionOptions {
   chunks?: ChunkTracker;
 }
 
+/**
+ * A session as an upgrade hands it over, taken between frames (see freeze()): everything a
+ * new process needs to go on with the same peer. JSON; bytes in base64.
+ */
+export interface SpdySessionState {
+  lastPeerStreamId: number;
+  lastInvalidStreamId: number;
+  /** The inbound zlib window (headers.ts); absent before the first header block. */
+  inflateWindow?: string;
+  /** Our zlib header has gone out. */
+  encoderStarted: boolean;
+  /** Received and not yet parsed, re-framed from a frame boundary (parser.pendingBytes). */
+  pending: string;
+  streams: { id: number; headers: [string, string][]; state: StreamState; replied: boolean }[];
+}
+
 export type SessionEndReason = 'peer-goaway' | 'transport-closed' | 'idle' | 'protocol-error' | 'closed';
 
 /** How often the idle check runs, as a fraction of the idle timeout. */
@@ -60,8 +76,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #parser: FrameParser;
   /** Our frames, written together once per event-loop turn. */
   readonly #out: FrameWriter;
-  readonly #decoder = new HeaderBlockDecoder();
-  readonly #encoder = new HeaderBlockEncoder();
+  readonly #decoder: HeaderBlockDecoder;
+  readonly #encoder: HeaderBlockEncoder;
   readonly #streams = new Map<number, SpdyStream>();
   /**
    * What the parser waits for, if anything: a stream over its receive bound to be read.
@@ -78,24 +94,30 @@ export class SpdySession implements FrameSink, StreamOwner {
   #lastInvalidStreamId = 0;
   #sawTraffic = true;
   #idleTicks = 0;
-  readonly #idleTimer: NodeJS.Timeout;
+  #idleTimer: NodeJS.Timeout | undefined;
+  /** An upgrade is taking this session's state: no timer runs, reading is not resumed. */
+  #frozen = false;
+  /** An adopted session's bytes received by the old process and not yet parsed: parsed at start(). */
+  #adoptedPending: Buffer | undefined;
   #endReason: SessionEndReason | undefined;
   #resolveEnded!: (reason: SessionEndReason) => void;
   /** Settles once the session is over and every stream is gone. */
   readonly ended: Promise<SessionEndReason>;
 
-  constructor(transport: Duplex, options: SpdySessionOptions) {
+  /** `adopted`: an upgrade's new process goes on with a session the old one handed over. */
+  constructor(transport: Duplex, options: SpdySessionOptions, adopted?: SpdySessionState) {
     this.#transport = transport;
     this.#options = options;
+    this.#decoder = new HeaderBlockDecoder(adopted?.inflateWindow === undefined ? undefined : Buffer.from(adopted.inflateWindow, 'base64'));
+    this.#encoder = new HeaderBlockEncoder(adopted?.encoderStarted ?? false);
+    if (adopted !== undefined) this.#adopt(adopted);
     this.#parser = new FrameParser(this);
     this.#out = new FrameWriter(transport);
     this.#stallWatch = new StallWatch(options.stallTimeoutMs, options.log, options.onStallReset);
     this.#parser.on('error', (err: Error) => this.#violation(err));
     this.#parser.on('drain', this.#resumeTransport);
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
-    const tick = Math.max(1, Math.floor(options.idleTimeoutMs / IDLE_CHECKS_PER_TIMEOUT));
-    this.#idleTimer = setInterval(this.#checkIdle, tick);
-    this.#idleTimer.unref();
+    this.#startIdleTimer();
     // Written by hand rather than transport.pipe(parser): after the session ends the
     // transport is still read (and the bytes dropped) so that the peer's close is seen, and
     // a pause is asked for only while the parser waits (write() also says false for one
@@ -107,6 +129,91 @@ export class SpdySession implements FrameSink, StreamOwner {
     });
     transport.on('close', () => this.#end('transport-closed'));
     transport.on('end', () => this.#end('transport-closed'));
+  }
+
+  #startIdleTimer(): void {
+    const tick = Math.max(1, Math.floor(this.#options.idleTimeoutMs / IDLE_CHECKS_PER_TIMEOUT));
+    this.#idleTimer = setInterval(this.#checkIdle, tick);
+    this.#idleTimer.unref();
+  }
+
+  // ---- upgrade handover -------------------------------------------------------------
+  //
+  // The old process freezes the session (the front end stops reading its transport), waits
+  // until it isQuiet, exports its state; the new process constructs it from that state and
+  // start()s it. A freeze that is not followed by a handover is undone by thaw().
+
+  #adopt(state: SpdySessionState): void {
+    this.#lastPeerStreamId = state.lastPeerStreamId;
+    this.#lastInvalidStreamId = state.lastInvalidStreamId;
+    this.#adoptedPending = Buffer.from(state.pending, 'base64');
+    for (const s of state.streams) {
+      const bound = new BudgetedBound(this.#options.budget, STREAM_BASE_RECEIVE_BYTES, STREAM_RECEIVE_BUFFER_BYTES);
+      this.#streams.set(s.id, SpdyStream.adopted(s.id, new Map(s.headers), this, bound, s.state, s.replied));
+    }
+  }
+
+  /** An adopted stream, by id (the port-forward layer reattaches its pairs and pipes). */
+  adoptedStream(id: number): SpdyStream {
+    const stream = this.#streams.get(id);
+    if (stream === undefined) throw new Error(`the handed-over SPDY session has no stream ${id}`);
+    return stream;
+  }
+
+  /** Every open stream (the port-forward layer finds those that are neither paired nor piped). */
+  get streams(): IterableIterator<SpdyStream> {
+    return this.#streams.values();
+  }
+
+  /** An adopted session: parse what the old process had received, before the transport's own bytes. */
+  startAdopted(): void {
+    const pending = this.#adoptedPending;
+    this.#adoptedPending = undefined;
+    if (pending !== undefined && pending.length > 0) this.#onTransportData(pending);
+  }
+
+  /** Stop every timer; the parser goes on with what it has, reading is not resumed. */
+  freeze(): void {
+    this.#frozen = true;
+    clearInterval(this.#idleTimer);
+    this.#stallWatch.stop();
+  }
+
+  /** The session's own reading is held (the parser waits): the front end must not resume it. */
+  get readingHeld(): boolean {
+    return this.#transportPaused;
+  }
+
+  /**
+   * Between frames with nothing of ours in flight: the parser is not waiting and holds no
+   * write, no frame waits to be written, every stream's buffers are empty.
+   */
+  get isQuiet(): boolean {
+    if (this.#endReason !== undefined || this.#parser.isPaused || this.#parser.writableLength > 0) return false;
+    if (this.#out.pending || this.#transport.writableLength > 0) return false;
+    for (const stream of this.#streams.values()) if (stream.readableLength > 0 || stream.writableLength > 0) return false;
+    return true;
+  }
+
+  exportState(): SpdySessionState {
+    const window = this.#decoder.window();
+    return {
+      lastPeerStreamId: this.#lastPeerStreamId,
+      lastInvalidStreamId: this.#lastInvalidStreamId,
+      ...(window === undefined ? {} : { inflateWindow: window.toString('base64') }),
+      encoderStarted: this.#encoder.started,
+      pending: this.#parser.pendingBytes().toString('base64'),
+      streams: [...this.#streams.values()].map((s) => ({ id: s.id, headers: [...s.headers], state: s.state, replied: s.replied })),
+    };
+  }
+
+  /** The upgrade did not take this session: timers again (the front end resumes reading). */
+  thaw(): void {
+    if (!this.#frozen) return;
+    this.#frozen = false;
+    if (this.#endReason !== undefined) return;
+    this.#startIdleTimer();
+    if (this.#waitingFor !== undefined) this.#stallWatch.watch(this.#waitingFor);
   }
 
   /** Feed bytes that arrived with the upgrade request, before the transport's own. */
@@ -165,7 +272,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #resumeTransport = (): void => {
     if (!this.#transportPaused) return;
     this.#transportPaused = false;
-    this.#transport.resume();
+    // Frozen: the front end resumes reading, if the upgrade does not take the session.
+    if (!this.#frozen) this.#transport.resume();
   };
 
   onData(streamId: number, payload: Buffer, fin: boolean): void {

@@ -60,6 +60,19 @@ export class SpdyStream extends Duplex {
     });
   }
 
+  /**
+   * An upgrade's new process: the stream as the old one left it (open or half-closed: a
+   * closed or reset stream is not handed over). A peer's FIN already received ends the
+   * readable side at once.
+   */
+  static adopted(id: number, headers: HeaderMap, owner: StreamOwner, bound: BudgetedBound, state: StreamState, replied: boolean): SpdyStream {
+    const stream = new SpdyStream(id, headers, owner, bound);
+    stream.#state = state;
+    stream.#replied = replied;
+    if (stream.remoteClosed) stream.push(null);
+    return stream;
+  }
+
   get state(): StreamState {
     return this.#state;
   }
