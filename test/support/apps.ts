@@ -22,6 +22,7 @@ export type PodAppMode =
   | 'ignore'
   | 'sink'
   | `source:${number}`
+  | `pattern:${number}:${number}:${number}`
   | `reply-and-close:${number}`
   | `trickle-after-eof:${number}:${number}`;
 

@@ -7,9 +7,12 @@
 // reads), source:<bytes> (writes that many bytes, then ends), sink (reads to EOF, then ends),
 // trickle-after-eof:<count>:<ms> (after EOF, writes <count> bytes one every <ms>, then ends),
 // reply-and-close:<bytes> (echoes the first <bytes>, then ends: a server that answers one
-// request and closes, as HTTP/1.0 does).
+// request and closes, as HTTP/1.0 does), pattern:<bytes>:<seed>:<bytesPerSecond> (writes
+// that many bytes of a seeded, verifiable stream at that pace, 0 = unpaced, then ends; the
+// first byte the client sends lifts the pace: test/support/pattern.ts).
 
 import { createServer, type Socket } from 'node:net';
+import { sendPattern } from './pattern';
 import { writeFill } from './tcp-client';
 
 const [mode, host, portText] = process.argv.slice(2);
@@ -41,6 +44,11 @@ function serve(socket: Socket): void {
       socket.write(answer);
       if (left === 0) socket.end();
     });
+    return;
+  }
+  if (mode?.startsWith('pattern:')) {
+    const [bytes, seed, bytesPerSecond] = mode.split(':').slice(1).map(Number) as [number, number, number];
+    sendPattern(socket, bytes, seed, bytesPerSecond);
     return;
   }
   if (mode?.startsWith('source:')) {
