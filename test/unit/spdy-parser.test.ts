@@ -110,6 +110,22 @@ describe('FrameParser', () => {
     assert.deepEqual(canonicalEvents(parse(...bytes)), expected, 'byte by byte');
   });
 
+  it('hands over at every split point: pendingBytes() in front of the rest parse, in a fresh parser, to the same frames', () => {
+    // An upgrade takes what one parser received and has not handed out (a frame begun is
+    // re-headed with its rest) and gives it to a parser in the new process.
+    const expected = canonicalEvents(parse(own(sequence)));
+    for (let i = 0; i <= sequence.length; i++) {
+      const sink = new RecordingSink();
+      const first = newParser(sink);
+      first.write(own(sequence.subarray(0, i)));
+      const pending = first.pendingBytes();
+      const second = newParser(sink);
+      second.write(own(Buffer.concat([pending, sequence.subarray(i)])));
+      assert.equal(second.errored, null, `split at ${i}`);
+      assert.deepEqual(canonicalEvents(sink.events), expected, `split at ${i}`);
+    }
+  });
+
   it('splits one frame at every byte boundary into three pieces', () => {
     const frame = sequenceFrames[0]!;
     const expected = canonicalEvents(parse(frame));
