@@ -242,13 +242,22 @@ export class FrameParser extends Writable {
     return true;
   }
 
+  // The chunk is reported done only after the sink has the piece (and has retained it, if
+  // it keeps views): reported first, a read slab whose last reference this was would be
+  // free for the next read while the piece is still on its way to the pod (owned-reads.ts).
   #readDataPayload(): boolean {
     if (this.#buffered === 0) return false;
-    const piece = this.#consumeUpTo(this.#remaining);
+    const first = this.#chunks[0]!;
+    const whole = first.length <= this.#remaining;
+    const piece = whole ? first : first.subarray(0, this.#remaining);
+    if (whole) this.#chunks.shift();
+    else this.#chunks[0] = first.subarray(this.#remaining);
+    this.#buffered -= piece.length;
     this.#remaining -= piece.length;
     const last = this.#remaining === 0;
     if (last) this.#state = State.Header;
     this.#sink.onData(this.#streamId, piece, last && (this.#flags & FLAG_FIN) !== 0);
+    if (whole) this.#sink.chunkDone?.(first);
     return true;
   }
 
