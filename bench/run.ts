@@ -1,7 +1,7 @@
 // npm run bench: prints a table and one JSON line. Absolute numbers differ 2x between
 // machines; compare runs on one machine, and ratios against references of the same run.
-// `node --expose-gc build/bench/run.js <section>` runs one section: load, connections or
-// proxy; without one, everything runs.
+// `node --expose-gc build/bench/run.js <section>` runs one section: load, connections,
+// proxy or upgrade; without one, everything runs.
 //
 // Measured here:
 // - PortForward RPCs per second over the CRI unix socket (grpc-js client, 64 calls in
@@ -26,7 +26,9 @@
 //   connections a round to an app that answers 64 bytes and closes; goal >= 1.5x) and CPU per
 //   connection, ours counting the containerd CPU it causes (goal <= 0.75x), 64-byte round
 //   trips p50 and p99 (goal <= 1.0x each), and the pass-through cost on ListPodSandbox
-//   (goal >= 0.8x).
+//   (goal >= 0.8x);
+// - upgrade: 1000 SPDY sessions, 200 echoing 4 MiB, moved by SIGUSR2: sessions moved, the
+//   pause each saw (goal < 100 ms), echoes intact, every session answering afterwards, fds.
 
 import { rmSync } from 'node:fs';
 import { createMetrics } from '../src/metrics';
@@ -36,6 +38,7 @@ import { kubectlTransfer } from './kubectl-spdy';
 import { websocketTransfer } from './websocket';
 import { dialRate, transfer, type Direction } from './pod-side';
 import { proxyBench } from './proxy';
+import { upgradeBench } from './upgrade';
 import { TokenCache } from '../src/streaming/tokens';
 import { criClient, HOST_NETWORK, podConfig } from '../test/support/cri-client';
 import { startServer } from '../test/support/server-process';
@@ -215,7 +218,21 @@ async function loadRows(): Promise<Row[]> {
   return rows;
 }
 
+async function upgradeRows(): Promise<Row[]> {
+  const u = await upgradeBench();
+  return [
+    { name: `upgrade: SPDY sessions moved (of ${u.sessions})`, value: u.moved, unit: 'sessions', goal: String(u.sessions) },
+    { name: 'upgrade: mean pause per session', value: round(u.meanPauseMs, 1), unit: 'ms' },
+    { name: 'upgrade: slowest pause, bucket bound', value: u.maxPauseBucketMs, unit: 'ms', goal: '<= 100' },
+    { name: 'upgrade: echoes in flight intact', value: u.echoesIntact, unit: 'conns', goal: '200' },
+    { name: 'upgrade: sessions answering after', value: u.answeringAfter, unit: 'sessions', goal: String(u.sessions) },
+    { name: 'upgrade: server fds before (old process)', value: u.fdsBefore, unit: 'fds' },
+    { name: 'upgrade: server fds after (new process)', value: u.fdsAfter, unit: 'fds', goal: 'about as before' },
+  ];
+}
+
 const SECTIONS: Record<string, () => Promise<Row[]>> = {
+  upgrade: upgradeRows,
   load: loadRows,
   connections: connectionRows,
   proxy: proxyRows,
@@ -229,6 +246,7 @@ async function everything(): Promise<Row[]> {
     ...(await connectionRows()),
     ...(await proxyRows()),
     ...(await loadRows()),
+    ...(await upgradeRows()),
   ];
 }
 

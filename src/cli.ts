@@ -7,7 +7,7 @@ import { buildConfig, ConfigError, SERVE_FLAGS, type RawFlags } from './config';
 import { createLogger } from './log';
 import { PACKAGE_VERSION } from './package-info';
 import { notifyReady } from './systemd';
-import { takeOver, takeoverFromEnv, Upgrader } from './upgrade';
+import { serveAbandoned, takeOver, takeoverFromEnv, Upgrader } from './upgrade';
 
 /** SIGTERM/SIGINT must end the process within 5 s even if a close hangs. */
 const SHUTDOWN_DEADLINE_MS = 4_500;
@@ -98,7 +98,11 @@ async function main(argv: string[]): Promise<void> {
   let server;
   try {
     server = await startServer(config, log, takeover);
-    if (takeover) await takeOver(server, config.criSocket, log);
+    if (takeover && (await takeOver(server, config.criSocket, log)) === 'abandoned') {
+      // Not the node's server: no readiness, no signals of its own; it ends with its sessions.
+      serveAbandoned(server, log);
+      return;
+    }
   } catch (err) {
     log.error('cannot start', { err });
     process.exit(1);

@@ -39,6 +39,7 @@ import { getSystemErrorName } from 'node:util';
 import { BudgetedBound, type BufferBudget } from './buffer-budget';
 import { connectionEnded, connectionStarted } from './memory-trim';
 import { addon } from './netns/addon';
+import { holdReads, releaseReads, releaseSocket, socketFd } from './handover/sockets';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
 export const POD_READ_BUFFER_BYTES = 16 * 1024;
@@ -138,6 +139,8 @@ export class Pipe {
   #resolveDone!: (result: PipeResult) => void;
   /** An upgrade is taking the pipe: the pod socket is not read, no grace timer runs. */
   #frozen = false;
+  /** When it was frozen: the time frozen does not count as idle. */
+  #frozenAt = 0;
   /** Settles once, when the pipe has ended for any reason; never rejects. */
   readonly done: Promise<PipeResult>;
 
@@ -199,12 +202,18 @@ export class Pipe {
   freeze(): void {
     if (this.#result !== undefined) return;
     this.#frozen = true;
-    this.pod.pause();
+    this.#frozenAt = Date.now();
+    holdReads(this.pod);
     if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
     this.#graceTimer = undefined;
   }
 
-  /** Nothing of this connection is in flight either way (the pipe has not ended). */
+  /** Everything the client sent has been written to the pod (the pod may still be read). */
+  get podBoundDrained(): boolean {
+    return this.#result === undefined && this.pod.writableLength === 0 && this.#client.readableLength === 0 && !this.#podCorked;
+  }
+
+  /** Frozen, and nothing of this connection is in flight either way (the pipe has not ended). */
   get isQuiet(): boolean {
     const client = this.#client;
     return this.#result === undefined && this.pod.writableLength === 0 && client.writableLength === 0 && client.readableLength === 0 && !this.#podCorked;
@@ -213,7 +222,7 @@ export class Pipe {
   /** The state to hand over; the pod socket's fd goes to `fds`. */
   exportState(fds: number[]): PipeState {
     fds.push(socketFd(this.pod));
-    const idleMs = this.#inGrace ? Date.now() - this.#lastMovedAt : 0;
+    const idleMs = this.#inGrace ? this.#frozenAt - this.#lastMovedAt : 0;
     return { podFd: fds.length - 1, clientDone: this.#clientDone, podDone: this.#podDone, inGrace: this.#inGrace, idleMs, bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
   }
 
@@ -221,6 +230,9 @@ export class Pipe {
   thaw(): void {
     if (!this.#frozen) return;
     this.#frozen = false;
+    releaseReads(this.pod);
+    if (this.#frozenAt !== 0) this.#lastMovedAt += Date.now() - this.#frozenAt; // not idle while frozen
+    this.#frozenAt = 0;
     if (this.#result !== undefined) return;
     if (!this.#podReadBlocked) this.pod.resume();
     if (this.#inGrace) this.#graceTimer = setTimeout(this.#onGraceTimer, Math.max(0, this.#graceMs - (Date.now() - this.#lastMovedAt)));
@@ -439,26 +451,6 @@ export class Pipe {
     pod.destroySoon();
     if (!pod.destroyed) setTimeout(() => pod.destroy(), this.#graceMs).unref();
   }
-}
-
-/** The fd of a connected socket (Linux TCP handles expose it). */
-export function socketFd(socket: Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('the socket has no fd to hand over');
-  return fd;
-}
-
-/**
- * Close this process's copy of a socket's fd and nothing else: no FIN, no reset, no event.
- * The connection lives on in the process that received the fd. The socket object is left
- * inert (its handle gone).
- */
-export function releaseSocket(socket: Socket): void {
-  const s = socket as unknown as { _handle: { close(): void; onread?: unknown } | null };
-  const handle = s._handle;
-  if (handle === null) return;
-  s._handle = null;
-  handle.close();
 }
 
 function socketError(errno: number): NodeJS.ErrnoException {

@@ -30,14 +30,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, promises as fs } from 'node:fs';
 import type { Handover, RunningServer, Takeover } from './app';
 import { freezeSessions, type FrozenSessions } from './handover/freeze';
-import type { AdoptedSession, MovedSession } from './handover/movable';
+import type { AdoptedSession, MovableSession, MovedSession } from './handover/movable';
 import { exportCounters, importCounters, type CounterValues } from './metrics';
 import type { Logger } from './log';
 import { addon } from './netns/addon';
 import { bindPathFor } from './cri/socket-file';
 import type { ExportedToken } from './streaming/tokens';
 
-/** The new process has this long, from its start, to take over. */
+/** The new process has this long, from its start or its last batch adopted, to report progress. */
 export const TAKEOVER_TIMEOUT_MS = 10_000;
 /** The environment variable that tells a process it is an upgrade's new process. */
 export const TAKEOVER_ENV = 'CRI_PORTFORWARD_TAKEOVER';
@@ -49,21 +49,30 @@ const LISTENER_FD = 3;
 const SESSION_FDS_FD = 5;
 /** Sockets per message on the fd channel (SCM_RIGHTS carries at most 253). */
 const FDS_PER_MESSAGE = 250;
-/** How often a draining old process looks for its last session's end. */
+/**
+ * Sessions moved together. Each batch is paused from its freeze until the new process
+ * starts it; adopting a session costs the new process 100-200 us, so a batch of this size
+ * is paused some 20-40 ms on 2 cores, however many sessions there are in all.
+ */
+const SESSIONS_PER_BATCH = 128;
+/** How often a draining process looks for its last session's end. */
 const DRAIN_POLL_MS = 500;
 
 type ToNew =
-  | { type: 'tokens'; tokens: ExportedToken[]; sessions: MovedSession[]; fdMessages: number; counters: CounterValues }
+  | { type: 'tokens'; tokens: ExportedToken[]; counters: CounterValues }
+  | { type: 'sessions'; sessions: MovedSession[]; fdMessages: number }
   | { type: 'sessions-yours' }
-  | { type: 'released' };
-type ToOld = { type: 'prepared' } | { type: 'took-over'; pid: number };
+  | { type: 'take-listener' }
+  | { type: 'released' }
+  | { type: 'abandon' };
+type ToOld = { type: 'prepared' } | { type: 'adopted'; count: number } | { type: 'adopt-failed'; why: string } | { type: 'took-over'; pid: number };
 
 /** The old side: one upgrade at a time; a second SIGUSR2 during one is ignored. */
 export class Upgrader {
   readonly #server: RunningServer;
   readonly #criSocket: string;
   readonly #log: Logger;
-  #child: ChildProcess | undefined;
+  #attempt: UpgradeAttempt | undefined;
   #handedOver = false;
 
   constructor(server: RunningServer, criSocket: string, log: Logger) {
@@ -74,7 +83,7 @@ export class Upgrader {
 
   /** Start an upgrade. `done` is called once this process has handed over and drained. */
   start(done: () => void): void {
-    if (this.#child !== undefined || this.#handedOver) {
+    if (this.#attempt !== undefined || this.#handedOver) {
       this.#log.warn(this.#handedOver ? 'SIGUSR2 ignored: this process has handed over and only serves its open sessions' : 'SIGUSR2 ignored: an upgrade is already under way');
       return;
     }
@@ -87,130 +96,204 @@ export class Upgrader {
       h.metrics.handovers.inc({ result: 'failed' });
       return;
     }
+    this.#attempt = new UpgradeAttempt(this.#server, this.#criSocket, this.#log, spareFd, (handedOver) => {
+      this.#attempt = undefined;
+      if (!handedOver) return;
+      this.#handedOver = true;
+      drainThenExit(h, this.#log, done);
+    });
+  }
+}
+
+/** One upgrade, from the spawn to "handed over" or to a failure that leaves this process serving. */
+class UpgradeAttempt {
+  readonly #h: Handover;
+  readonly #child: ChildProcess;
+  /** Our end of the fd channel. */
+  readonly #channel: number;
+  readonly #bindPath: string;
+  #timer: NodeJS.Timeout;
+  #settled = false;
+  #tokens: ExportedToken[] | undefined;
+  /** The batch frozen and passed, not yet the new process's. */
+  #batch: FrozenSessions | undefined;
+  #onAdopted: (() => void) | undefined;
+  /** Sessions the new process owns (and runs) already. */
+  #moved = 0;
+  #kept = 0;
+  /** When this process stopped accepting: new connections waited in the kernel from then. */
+  #stoppedAt = 0;
+
+  constructor(
+    server: RunningServer,
+    private readonly criSocket: string,
+    private readonly log: Logger,
+    private readonly spareFd: number,
+    private readonly finished: (handedOver: boolean) => void,
+  ) {
+    const h = (this.#h = server.handover);
     const [channel, childChannel] = addon.fdChannel();
-    const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      env: { ...process.env, [TAKEOVER_ENV]: '1', [BASE_URL_ENV]: this.#server.streamBaseUrl },
+    this.#channel = channel;
+    this.#child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+      env: { ...process.env, [TAKEOVER_ENV]: '1', [BASE_URL_ENV]: server.streamBaseUrl },
       stdio: ['ignore', 'inherit', 'inherit', h.streaming.listenerFd, 'ipc', childChannel],
     });
     closeSync(childChannel);
-    this.#child = child;
-    const bindPath = bindPathFor(this.#criSocket, child.pid);
-    this.#log.info('upgrade: starting the new process', { pid: child.pid, command: process.execPath });
-    let tokens: ExportedToken[] | undefined;
-    let frozen: FrozenSessions | undefined;
-    let settled = false;
-    /** When this process stopped accepting: new connections waited in the kernel from then. */
-    let stoppedAt = 0;
-    const fail = (why: string, err?: unknown): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      this.#child = undefined;
-      closeSync(channel);
-      // Every session goes on where it stopped; the new process's copies of their sockets died with it.
-      for (const session of frozen?.moving ?? []) session.thaw();
-      const resume = tokens === undefined ? Promise.resolve() : h.streaming.acceptOn(spareFd);
-      void resume.then(
-        () => {
-          if (tokens !== undefined) h.tokens.importAll(tokens);
-          this.#log.error('upgrade failed; this process goes on serving', { why, ...(err ? { err } : {}) });
-          h.metrics.handovers.inc({ result: 'failed' });
-          void fs.rm(bindPath, { force: true });
-        },
-        (listenErr: unknown) => this.#log.error('upgrade failed and the streaming listener could not be resumed', { why, err: listenErr }),
-      );
-    };
-    const timer = setTimeout(() => fail(`the new process did not take over within ${TAKEOVER_TIMEOUT_MS} ms`), TAKEOVER_TIMEOUT_MS);
-    child.once('error', (err) => fail('the new process could not be started', err));
-    child.once('exit', (code, signal) => fail(`the new process exited (${signal ?? code}) before taking over`));
-    child.on('message', (message: ToOld) => {
-      if (settled) return;
-      if (message.type === 'prepared') {
-        void this.#handOverState(child, channel, (t) => (tokens = t), (f) => (frozen = f), () => settled, () => (stoppedAt = performance.now())).catch((err: unknown) =>
-          fail('the sessions could not be handed over', err),
+    this.#bindPath = bindPathFor(criSocket, this.#child.pid);
+    log.info('upgrade: starting the new process', { pid: this.#child.pid, command: process.execPath });
+    this.#timer = this.#deadline();
+    this.#child.once('error', (err) => this.#fail('the new process could not be started', err));
+    this.#child.once('exit', (code, signal) => this.#fail(`the new process exited (${signal ?? code}) before taking over`));
+    this.#child.on('message', (message: ToOld) => this.#onMessage(message));
+  }
+
+  #deadline(): NodeJS.Timeout {
+    return setTimeout(() => this.#fail(`the new process did not take over within ${TAKEOVER_TIMEOUT_MS} ms`), TAKEOVER_TIMEOUT_MS);
+  }
+
+  #onMessage(message: ToOld): void {
+    if (this.#settled) return;
+    switch (message.type) {
+      case 'prepared':
+        void this.#handOver().catch((err: unknown) => this.#fail('the sessions could not be handed over', err));
+        return;
+      case 'adopted':
+        this.#onAdopted?.();
+        return;
+      case 'adopt-failed':
+        this.#fail(`the new process could not adopt the sessions: ${message.why}`);
+        return;
+      case 'took-over':
+        void fs.rename(this.#bindPath, this.criSocket).then(
+          () => this.#tookOver(message.pid),
+          (err: unknown) => this.#fail('the new CRI socket could not be moved into place', err),
         );
-      } else if (message.type === 'took-over') {
-        void fs.rename(bindPath, this.#criSocket).then(
-          () => {
-            // From here the new process owns the sessions: let go of their sockets, silently.
-            for (const session of frozen?.moving ?? []) {
-              session.release();
-              h.streaming.forget(session.socket);
-            }
-            closeSync(channel);
-            child.send({ type: 'sessions-yours' } satisfies ToNew);
-            this.#handOver(child, message.pid, spareFd, timer, done, () => (settled = true), performance.now() - stoppedAt, frozen);
-          },
-          (err: unknown) => fail('the new CRI socket could not be moved into place', err),
-        );
-      }
-    });
+    }
   }
 
   /**
-   * The new process is ready: stop accepting, take the tokens and the sessions out, pass
-   * them. The counters are read first (an await), so that the sessions are frozen for as
-   * short a time as possible.
+   * The new process is ready: stop accepting, pass the tokens, then the sessions batch by
+   * batch (each paused only while it crosses), then the listener.
    */
-  async #handOverState(
-    child: ChildProcess,
-    channel: number,
-    setTokens: (tokens: ExportedToken[]) => void,
-    setFrozen: (frozen: FrozenSessions) => void,
-    settled: () => boolean,
-    markStopped: () => void,
-  ): Promise<void> {
-    const h = this.#server.handover;
-    const counters = await exportCounters(h.metrics);
-    if (settled()) return;
+  async #handOver(): Promise<void> {
+    const h = this.#h;
+    const counters = await exportCounters(h.metrics); // before anything is paused
+    if (this.#settled) return;
     // From here the kernel queues new streaming connections until the new process accepts.
     void h.streaming.stopAccepting();
-    markStopped();
-    const tokens = h.tokens.exportAll();
-    setTokens(tokens);
-    const frozen = await freezeSessions(h.sessions);
-    if (settled()) {
-      for (const session of frozen.moving) session.thaw(); // the upgrade failed meanwhile
-      return;
-    }
-    setFrozen(frozen);
+    this.#stoppedAt = performance.now();
+    this.#tokens = h.tokens.exportAll();
     if (process.env.CRI_PORTFORWARD_TEST_UPGRADE_DIE === '1') process.kill(process.pid, 'SIGKILL'); // injected (test): the old process dies mid-handover
-    let fdMessages = 0;
-    for (let i = 0; i < frozen.fds.length; i += FDS_PER_MESSAGE, fdMessages++) addon.sendFds(channel, frozen.fds.slice(i, i + FDS_PER_MESSAGE));
-    child.send({ type: 'tokens', tokens, sessions: frozen.states, fdMessages, counters } satisfies ToNew);
+    this.#send({ type: 'tokens', tokens: this.#tokens, counters });
+    const sessions: MovableSession[] = [...h.sessions];
+    for (let i = 0; i < sessions.length && !this.#settled; i += SESSIONS_PER_BATCH) {
+      await this.#moveBatch(sessions.slice(i, i + SESSIONS_PER_BATCH));
+    }
+    if (!this.#settled) this.#send({ type: 'take-listener' });
   }
 
-  #handOver(child: ChildProcess, pid: number, spareFd: number, timer: NodeJS.Timeout, done: () => void, settle: () => void, acceptGapMs: number, frozen: FrozenSessions | undefined): void {
-    settle();
-    clearTimeout(timer);
-    this.#handedOver = true;
-    closeSync(spareFd);
-    child.removeAllListeners('exit');
-    child.unref();
-    const h: Handover = this.#server.handover;
+  async #moveBatch(sessions: MovableSession[]): Promise<void> {
+    const h = this.#h;
+    const batch = await freezeSessions(sessions, h.sessions);
+    this.#kept += batch.kept;
+    if (this.#settled) {
+      for (const s of batch.moving) s.thaw(); // the upgrade failed meanwhile
+      return;
+    }
+    if (batch.moving.length === 0) return;
+    this.#batch = batch;
+    let fdMessages = 0;
+    for (let i = 0; i < batch.fds.length; i += FDS_PER_MESSAGE, fdMessages++) addon.sendFds(this.#channel, batch.fds.slice(i, i + FDS_PER_MESSAGE));
+    const adopted = new Promise<void>((resolve) => (this.#onAdopted = resolve));
+    this.#send({ type: 'sessions', sessions: batch.states, fdMessages });
+    await adopted;
+    if (this.#settled) return; // #fail thawed the batch
+    // From here the new process owns these sessions: let go of their sockets, silently.
+    this.#batch = undefined;
+    for (const session of batch.moving) {
+      session.release();
+      h.streaming.forget(session.socket);
+    }
+    this.#moved += batch.moving.length;
+    this.#send({ type: 'sessions-yours' });
+    clearTimeout(this.#timer);
+    this.#timer = this.#deadline();
+  }
+
+  #send(message: ToNew): void {
+    if (this.#child.connected) this.#child.send(message);
+  }
+
+  #tookOver(newPid: number): void {
+    const h = this.#h;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    closeSync(this.spareFd);
+    closeSync(this.#channel);
+    this.#child.removeAllListeners('exit');
+    this.#child.unref();
     h.metrics.handovers.inc({ result: 'ok' });
-    this.#log.info('upgrade: handed over', {
-      newPid: pid,
-      sessionsMoved: frozen?.moving.length ?? 0,
+    this.log.info('upgrade: handed over', {
+      newPid,
+      sessionsMoved: this.#moved,
       // TLS sessions, and those not quiet in time: they stay here until they end.
       sessionsKept: h.streaming.openSessions,
       // New streaming connections waited in the kernel's queue this long (none was refused).
-      acceptGapMs: Math.round(acceptGapMs * 10) / 10,
+      acceptGapMs: Math.round((performance.now() - this.#stoppedAt) * 10) / 10,
     });
     void h
       .releaseCri()
-      .catch((err: unknown) => this.#log.warn('releasing the CRI socket failed', { err }))
+      .catch((err: unknown) => this.log.warn('releasing the CRI socket failed', { err }))
       .finally(() => {
-        if (child.connected) child.send({ type: 'released' } satisfies ToNew, () => child.disconnect());
+        if (this.#child.connected) this.#child.send({ type: 'released' } satisfies ToNew, () => this.#child.disconnect());
       });
-    const drain = setInterval(() => {
-      if (h.streaming.openSessions > 0) return;
-      clearInterval(drain);
-      this.#log.info('upgrade: the last session ended; exiting');
-      done();
-    }, DRAIN_POLL_MS);
+    this.finished(true);
   }
+
+  /**
+   * Before the new process has taken the listener, anything that goes wrong leaves this
+   * process serving: the batch under way thaws where it stopped, the listener and the
+   * tokens come back. Sessions the new process already runs stay with it: told to abandon
+   * the upgrade, it serves them until they end, then exits (if it died, they died with it).
+   */
+  #fail(why: string, err?: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    const h = this.#h;
+    const childAlive = this.#child.exitCode === null && this.#child.signalCode === null;
+    if (this.#moved > 0 && childAlive) this.#send({ type: 'abandon' });
+    else this.#child.kill('SIGKILL');
+    closeSync(this.#channel);
+    for (const session of this.#batch?.moving ?? []) session.thaw();
+    this.#onAdopted?.();
+    const tokens = this.#tokens;
+    const resume = tokens === undefined ? Promise.resolve() : h.streaming.acceptOn(this.spareFd);
+    void resume.then(
+      () => {
+        if (tokens !== undefined) h.tokens.importAll(tokens);
+        this.log.error('upgrade failed; this process goes on serving', {
+          why,
+          ...(err ? { err } : {}),
+          ...(this.#moved > 0 ? { sessionsLeftWithNewProcess: this.#moved, newProcessAlive: childAlive } : {}),
+        });
+        h.metrics.handovers.inc({ result: 'failed' });
+        void fs.rm(this.#bindPath, { force: true });
+      },
+      (listenErr: unknown) => this.log.error('upgrade failed and the streaming listener could not be resumed', { why, err: listenErr }),
+    );
+    this.finished(false);
+  }
+}
+
+/** A process that has handed over (or an abandoned new one): exit 0 once its last session has ended. */
+function drainThenExit(h: Handover, log: Logger, done: () => void): void {
+  const drain = setInterval(() => {
+    if (h.streaming.openSessions > 0) return;
+    clearInterval(drain);
+    log.info('upgrade: the last session ended; exiting');
+    done();
+  }, DRAIN_POLL_MS);
 }
 
 /** The new side: where to bind and what URL base to keep, if this process is an upgrade's new one. */
@@ -222,62 +305,102 @@ export function takeoverFromEnv(): Takeover | undefined {
   return { baseUrl };
 }
 
+/** How a new process's takeover ended: it serves everything, or the old one abandoned the upgrade. */
+export type TakeoverResult = 'took-over' | 'abandoned';
+
 /**
- * The new side, once started: take the tokens, accept on the inherited listener, tell the
+ * The new side, once started: take the tokens, adopt the sessions batch by batch (each
+ * paused until the old process lets go of it), accept on the inherited listener, tell the
  * old one. Should the old process die on the way (its IPC channel closes before it has
- * released the CRI socket), this one takes over alone: it accepts on the listener, without
- * the tokens if they never came, and moves its CRI socket over the path itself, so that
- * the node is never left without a server.
+ * released the CRI socket), this one takes over alone: it starts what it adopted, accepts
+ * on the listener, without the tokens if they never came, and moves its CRI socket over
+ * the path itself, so that the node is never left without a server. Should the old one
+ * abandon the upgrade after some sessions are running here, this process serves them until
+ * they end and takes nothing else.
  */
-export function takeOver(server: RunningServer, criSocket: string, log: Logger): Promise<void> {
+export function takeOver(server: RunningServer, criSocket: string, log: Logger): Promise<TakeoverResult> {
   return new Promise((resolve, reject) => {
     const h = server.handover;
+    let tokens: ExportedToken[] = [];
     let accepting: Promise<void> | undefined;
     let released = false;
-    let adopted: AdoptedSession[] = [];
-    const accept = (tokens: ExportedToken[]): Promise<void> => {
+    let abandoned = false;
+    let sessionsCame = false;
+    /** The batch adopted and paused, until the old process lets go of it. */
+    let batch: AdoptedSession[] = [];
+    let adopted = 0;
+    const accept = (): Promise<void> => {
       if (accepting !== undefined) return accepting;
       h.tokens.importAll(tokens);
       accepting = h.streaming.acceptOn(LISTENER_FD);
-      accepting.then(() => log.info('upgrade: took over', { tokens: tokens.length, sessions: adopted.length }), reject);
+      accepting.then(() => log.info('upgrade: took over', { tokens: tokens.length, sessions: adopted }), reject);
       return accepting;
     };
-    // Once the old process has let go of them (or is gone): the sessions read again.
-    let started = false;
-    const startSessions = (): void => {
-      if (started) return;
-      started = true;
-      startAdopted(h, adopted, log);
-      adopted = [];
+    const startBatch = (): void => {
+      adopted += batch.length;
+      startAdopted(h, batch, log);
+      batch = [];
     };
+    const abandon = (why: string): void => {
+      if (abandoned) return;
+      abandoned = true;
+      log.warn('upgrade abandoned: serving the sessions already taken over until they end', { why, sessions: adopted });
+      resolve('abandoned');
+    };
+    const crashInjected = process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1';
     process.on('message', (message: ToNew) => {
-      if (message.type === 'tokens') {
-        importCounters(h.metrics, message.counters);
-        const fds: number[] = [];
-        for (let i = 0; i < message.fdMessages; i++) fds.push(...addon.recvFds(SESSION_FDS_FD));
-        adopted = h.adoptSessions(message.sessions, fds);
-        if (process.env.CRI_PORTFORWARD_TEST_TAKEOVER_CRASH === '1') throw new Error('injected: crash while adopting the sessions (test)');
-        void accept(message.tokens).then(() => {
-          process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
-          resolve();
-        });
-      } else if (message.type === 'sessions-yours') {
-        startSessions();
-      } else if (message.type === 'released') {
-        // The old process has stopped serving the CRI socket: what it changed is on disk.
-        released = true;
-        reloadSandboxes();
+      if (abandoned) return;
+      switch (message.type) {
+        case 'tokens':
+          tokens = message.tokens;
+          importCounters(h.metrics, message.counters);
+          return;
+        case 'sessions': {
+          sessionsCame = true;
+          if (crashInjected) throw new Error('injected: crash while adopting the sessions (test)');
+          try {
+            const fds: number[] = [];
+            for (let i = 0; i < message.fdMessages; i++) fds.push(...addon.recvFds(SESSION_FDS_FD));
+            batch = h.adoptSessions(message.sessions, fds);
+          } catch (err) {
+            log.error('upgrade: adopting the sessions failed', { err });
+            process.send!({ type: 'adopt-failed', why: String((err as Error)?.message ?? err) } satisfies ToOld);
+            abandon('adopting the sessions failed');
+            return;
+          }
+          process.send!({ type: 'adopted', count: batch.length } satisfies ToOld);
+          return;
+        }
+        case 'sessions-yours':
+          startBatch();
+          return;
+        case 'take-listener':
+          if (crashInjected && !sessionsCame) throw new Error('injected: crash while taking over (test)');
+          void accept().then(() => {
+            closeSync(SESSION_FDS_FD); // every batch has come
+            h.metrics.handovers.inc({ result: 'ok' }); // counted on from the old process's count
+            process.send!({ type: 'took-over', pid: process.pid } satisfies ToOld);
+            resolve('took-over');
+          });
+          return;
+        case 'released':
+          // The old process has stopped serving the CRI socket: what it changed is on disk.
+          released = true;
+          reloadSandboxes();
+          return;
+        case 'abandon':
+          abandon('the old process abandoned the upgrade');
       }
     });
     const reloadSandboxes = (): void => {
       void h.reloadSandboxes().catch((err: unknown) => log.error('rereading the sandbox records after the upgrade failed', { err }));
     };
     process.once('disconnect', () => {
-      if (released) return;
+      if (released || abandoned) return;
       // Whatever the old process passed is ours alone now: it is gone.
-      startSessions();
+      startBatch();
       log.warn('upgrade: the old process went away before it released the CRI socket; taking over alone');
-      void accept([])
+      void accept()
         .then(() => fs.rename(bindPathFor(criSocket), criSocket))
         .catch((err: unknown) => {
           // ENOENT: the old process had already moved our socket into place.
@@ -285,20 +408,16 @@ export function takeOver(server: RunningServer, criSocket: string, log: Logger):
         })
         .then(() => {
           reloadSandboxes();
-          resolve();
+          resolve('took-over');
         }, reject);
     });
     process.send!({ type: 'prepared' } satisfies ToOld);
   });
 }
 
-/** Start the adopted sessions; count them and the pause each saw (frozen in the old process to reading here). */
+/** Start adopted sessions; count them and the pause each saw (frozen in the old process to reading here). */
 function startAdopted(h: Handover, adopted: AdoptedSession[], log: Logger): void {
-  try {
-    closeSync(SESSION_FDS_FD);
-  } catch {
-    // the old process passed no channel (nothing to close)
-  }
+  if (adopted.length === 0) return;
   let maxPauseMs = 0;
   for (const session of adopted) {
     session.start();
@@ -307,6 +426,10 @@ function startAdopted(h: Handover, adopted: AdoptedSession[], log: Logger): void
     h.metrics.handoverPause.observe(pauseMs / 1000);
     h.metrics.sessionsHandedOver.inc({ protocol: session.protocol });
   }
-  h.metrics.handovers.inc({ result: 'ok' });
-  if (adopted.length > 0) log.info('upgrade: sessions resumed', { sessions: adopted.length, maxPauseMs: Math.round(maxPauseMs * 10) / 10 });
+  log.info('upgrade: sessions resumed', { sessions: adopted.length, maxPauseMs: Math.round(maxPauseMs * 10) / 10 });
+}
+
+/** An abandoned new process: serve the sessions it runs until they end, then exit 0. */
+export function serveAbandoned(server: RunningServer, log: Logger): void {
+  drainThenExit(server.handover, log, () => process.exit(0));
 }

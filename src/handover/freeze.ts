@@ -1,8 +1,13 @@
-// The old process's half of moving sessions: freeze every movable session at once, wait
-// until each is quiet (nothing of ours in flight either way, no dial under way, the parsers
-// between frames), and take the state of those that are. A session that does not quiet in
-// time (its app stopped reading what we must write first) is thawed and stays, to drain
-// here as before: an upgrade never waits on one slow app for long.
+// The old process's half of moving sessions: freeze every movable session, wait until each
+// is quiet (nothing of ours in flight either way, no dial under way, the parsers between
+// frames), and take the state of those that are.
+//
+// In two rounds, so that idle sessions are not held while busy ones drain: every session
+// is frozen; those already quiet a moment later are thawed again and go on while the busy
+// ones finish writing what is queued; then the idle ones are frozen again (quiet at once,
+// as a rule) and all are taken together. A session that does not quiet within the deadline
+// (its app stopped reading what we must write first) is thawed and stays, to drain here as
+// before: an upgrade never waits on one slow app for long.
 
 import type { MovableSession, MovableSessions, MovedSession } from './movable';
 
@@ -18,24 +23,44 @@ export interface FrozenSessions {
   kept: number;
 }
 
-export async function freezeSessions(sessions: MovableSessions, deadlineMs = QUIET_DEADLINE_MS): Promise<FrozenSessions> {
-  const frozen = [...sessions];
-  for (const s of frozen) s.freeze();
-  const deadline = performance.now() + deadlineMs;
-  let waiting = frozen;
-  for (;;) {
-    waiting = waiting.filter((s) => !s.isQuiet);
-    if (waiting.length === 0 || performance.now() >= deadline) break;
-    // Writes complete and bytes parse in the poll phase: look again after it.
-    await new Promise((resolve) => setImmediate(resolve));
-    if (waiting.length > 0 && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-  const stuck = new Set(waiting);
-  for (const s of stuck) s.thaw();
-  // A session that ended while frozen (its peer closed) is gone from the registry.
-  const moving = frozen.filter((s) => !stuck.has(s) && sessions.has(s));
-  const fds: number[] = [];
-  const states = moving.map((s) => s.exportState(fds));
-  return { moving, states, fds, kept: stuck.size };
+/** One event-loop turn: writes complete and bytes parse in its poll phase. */
+function turn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
+/** Wait until every session is quiet or the deadline passes; those still busy. */
+async function untilQuiet(sessions: MovableSession[], deadline: number): Promise<MovableSession[]> {
+  let busy = sessions;
+  for (;;) {
+    busy = busy.filter((s) => !s.quiesce());
+    if (busy.length === 0 || performance.now() >= deadline) return busy;
+    await turn();
+    if (busy.some((s) => !s.quiesce())) await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+/** Freeze `batch` (sessions of `registry`) until quiet, and take the state of those that are. */
+export async function freezeSessions(batch: MovableSession[], registry: MovableSessions, deadlineMs = QUIET_DEADLINE_MS): Promise<FrozenSessions> {
+  const deadline = performance.now() + deadlineMs;
+  // Sessions that ended since the batch was drawn up are not frozen.
+  const all = batch.filter((s) => registry.has(s));
+  for (const s of all) s.freeze();
+  await turn();
+  const idle: MovableSession[] = [];
+  const busy: MovableSession[] = [];
+  for (const s of all) (s.quiesce() ? idle : busy).push(s);
+  let stuck: MovableSession[] = [];
+  if (busy.length > 0) {
+    for (const s of idle) s.thaw();
+    stuck = await untilQuiet(busy, deadline);
+    for (const s of idle) s.freeze();
+  }
+  stuck.push(...(await untilQuiet(idle, deadline)));
+  const kept = new Set(stuck);
+  for (const s of kept) s.thaw();
+  // A session that ended meanwhile (its peer closed) is gone from the registry.
+  const moving = all.filter((s) => !kept.has(s) && registry.has(s));
+  const fds: number[] = [];
+  const states = moving.map((s) => s.exportState(fds));
+  return { moving, states, fds, kept: kept.size };
+}

@@ -32,10 +32,14 @@ export interface MovableSession {
   readonly protocol: MovedProtocol;
   /** The client connection (the streaming server tracks it). */
   readonly socket: Socket;
-  /** Stop reading both sides and every timer; what is queued goes on being written. */
+  /** Stop reading the client and every timer; what is queued goes on being written. */
   freeze(): void;
-  /** Frozen, and nothing of it is in flight: its state can be taken. */
-  readonly isQuiet: boolean;
+  /**
+   * One step towards a clean boundary, true once there: nothing in flight either way, no
+   * dial under way. The pods are read until what the client sent has reached them, then
+   * no longer.
+   */
+  quiesce(): boolean;
   /** Go on where freeze() stopped. */
   thaw(): void;
   /** Its state; its sockets' fds are appended to `fds`, the state names their indexes. */

@@ -12,7 +12,8 @@ import type { Duplex } from 'node:stream';
 import { Socket } from 'node:net';
 import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
 import type { PodIdentity } from '../../policy/port-policy';
-import { Pipe, releaseSocket, socketFd, type PipeState } from '../../pipe';
+import { holdReads, releaseReads, releaseSocket, socketFd } from '../../handover/sockets';
+import { Pipe, type PipeState } from '../../pipe';
 import { GoAwayStatus, RstCode } from '../spdy/constants';
 import { SpdySession, type SpdySessionState } from '../spdy/session';
 import type { SpdyStream } from '../spdy/stream';
@@ -173,14 +174,26 @@ export class SpdyPortForwardSession {
 
   // ---- upgrade handover (the front ends stop and resume reading the connection) ------
 
+  // Freezing is in two steps. The front end has stopped reading the client; the pods are
+  // still read (so that an app echoing what it is sent never blocks on its own output)
+  // until what the client sent has all been written to them. Then the pods' reads stop and
+  // what goes to the client is flushed. A download is frozen at once; an upload or an echo
+  // once its bytes in hand are delivered.
+  #podsFrozen = false;
+
   freeze(): void {
     this.#session.freeze();
     for (const pair of this.#pairs.values()) clearTimeout(pair.timer);
-    for (const forward of this.#forwards) forward.pipe?.freeze();
   }
 
-  /** No dial under way, every pipe and the session quiet. */
-  get isQuiet(): boolean {
+  /** One step towards quiet (see above): true once nothing is in flight and no dial under way. */
+  quiesce(): boolean {
+    if (!this.#podsFrozen) {
+      for (const forward of this.#forwards) if (forward.pipe === undefined || !forward.pipe.podBoundDrained) return false;
+      if (!this.#session.inboundDrained) return false;
+      for (const forward of this.#forwards) forward.pipe!.freeze();
+      this.#podsFrozen = true;
+    }
     for (const forward of this.#forwards) if (forward.pipe === undefined || !forward.pipe.isQuiet) return false;
     return this.#session.isQuiet;
   }
@@ -189,6 +202,7 @@ export class SpdyPortForwardSession {
     this.#session.thaw();
     for (const pair of this.#pairs.values()) this.#armPairTimer(pair);
     for (const forward of this.#forwards) forward.pipe?.thaw();
+    this.#podsFrozen = false;
   }
 
   exportState(fds: number[]): SpdyPortForwardState {
@@ -317,16 +331,18 @@ class MovablePlainSpdy implements MovableSession {
 
   freeze(): void {
     this.#frozenAt = frozenNow();
-    this.socket.pause();
+    holdReads(this.socket);
     this.pf.freeze();
   }
 
-  get isQuiet(): boolean {
-    return this.pf.isQuiet;
+  quiesce(): boolean {
+    // Bytes read but left in the socket's own buffer (not ours to re-frame) would be lost.
+    return this.socket.readableLength === 0 && this.pf.quiesce();
   }
 
   thaw(): void {
     this.pf.thaw();
+    releaseReads(this.socket);
     if (!this.pf.session.readingHeld) this.socket.resume();
   }
 

@@ -9,13 +9,13 @@ import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
-import { releaseSocket, socketFd } from '../../pipe';
+import { holdReads, releaseReads, releaseSocket, socketFd } from '../../handover/sockets';
 import { readIntoOwnedSlabs, spdyBulkSlabBytes, type ChunkTracker } from '../owned-reads';
 import type { PortForwardProtocol } from '../protocol';
 import type { SessionGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
 import { movedGrant, SpdyPortForwardSession } from './spdy';
-import { adoptWebSocket, receiverPending } from './ws-handover';
+import { adoptWebSocket, feedPending, receiverPending } from './ws-handover';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Close code when the client breaks the tunnel's rules (a text message). */
@@ -144,16 +144,20 @@ class MovableTunnel implements MovableSession {
     this.#stopKeepAlive?.(); // no ping may go out while the state is taken
     this.bytes.frozen = true;
     this.ws.pause();
+    holdReads(this.socket);
     this.pf.freeze();
   }
 
-  get isQuiet(): boolean {
+  quiesce(): boolean {
     const ws = this.ws;
-    return ws.readyState === ws.OPEN && this.bytes.readableLength === 0 && this.bytes.writableLength === 0 && this.pf.isQuiet && receiverPending(ws) !== undefined;
+    // the byte stream's unread messages first: they are still on their way to the pods
+    if (ws.readyState !== ws.OPEN || this.socket.readableLength > 0 || this.bytes.readableLength > 0 || !this.pf.quiesce()) return false;
+    return this.bytes.writableLength === 0 && receiverPending(ws) !== undefined;
   }
 
   thaw(): void {
     this.pf.thaw();
+    releaseReads(this.socket);
     this.bytes.thaw();
     this.startKeepAlive();
   }
@@ -184,7 +188,9 @@ export function adoptTunnel(moved: MovedSession, socket: Socket, fds: number[], 
   let ws: WebSocket | undefined;
   const holds = (chunk: Buffer): boolean => ws === undefined || receiverHolds(ws, chunk);
   const chunks = readIntoOwnedSlabs(socket, deps.budget, holds, () => spdyBulkSlabBytes(pf?.session.streamCount ?? 0));
-  ws = adoptWebSocket(socket, Buffer.from(moved.ws!.pending, 'base64'), moved.ws!.protocol);
+  ws = adoptWebSocket(socket, moved.ws!.protocol);
+  const pending = Buffer.from(moved.ws!.pending, 'base64');
+  const adoptedWs = ws;
   const bytes = new WebSocketByteStream(ws, chunks);
   bytes.frozen = true;
   const adopted = new SpdyPortForwardSession(bytes, moved.grant, deps, 'spdy-websocket', chunks, { state: moved.spdy!, fds });
@@ -195,6 +201,7 @@ export function adoptTunnel(moved: MovedSession, socket: Socket, fds: number[], 
     frozenAt: BigInt(moved.frozenAt),
     start() {
       adopted.start();
+      feedPending(adoptedWs, pending);
       bytes.thaw();
       movable.startKeepAlive();
     },

@@ -8,7 +8,8 @@ import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { WebSocket } from 'ws';
 import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
-import { Pipe, releaseSocket, socketFd, type PipeState } from '../../pipe';
+import { holdReads, releaseReads, releaseSocket, socketFd } from '../../handover/sockets';
+import { Pipe, type PipeState } from '../../pipe';
 import type { PodIdentity } from '../../policy/port-policy';
 import { BudgetedBound } from '../../buffer-budget';
 import { FEW_STREAMS_BULK_SLAB_BYTES, readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
@@ -29,7 +30,7 @@ import {
 import { forwardConnection, pipeForward, type ForwardDeps, type ForwardRequest } from './forward';
 import { movedGrant } from './spdy';
 import type { ForwardVerdict } from './verdict';
-import { adoptWebSocket, receiverPending } from './ws-handover';
+import { adoptWebSocket, feedPending, receiverPending } from './ws-handover';
 import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
@@ -214,20 +215,31 @@ class ChannelSession implements ChannelOwner, MovableSession {
     this.#frozen = true;
     this.#stopKeepAlive?.();
     this.ws.pause();
-    for (const f of this.#forwards) if (f.state === 'piping') f.pipe.freeze();
+    holdReads(this.socket);
   }
 
-  get isQuiet(): boolean {
+  /** As the SPDY session's (spdy.ts): the pods are read until what the client sent is delivered, then flushed the other way. */
+  quiesce(): boolean {
     const ws = this.ws;
-    if (this.#closed || ws.readyState !== ws.OPEN || this.socket.writableLength > 0) return false;
-    for (const f of this.#forwards) if (f.state === 'dialling' || (f.state === 'piping' && !f.pipe.isQuiet)) return false;
+    if (this.#closed || ws.readyState !== ws.OPEN || this.socket.readableLength > 0) return false;
+    if (!this.#podsFrozen) {
+      for (const f of this.#forwards) if (f.state === 'dialling' || (f.state === 'piping' && !f.pipe.podBoundDrained)) return false;
+      for (const f of this.#forwards) if (f.state === 'piping') f.pipe.freeze();
+      this.#podsFrozen = true;
+    }
+    if (this.socket.writableLength > 0) return false;
+    for (const f of this.#forwards) if (f.state === 'piping' && !f.pipe.isQuiet) return false;
     for (const c of this.#data) if (c.readableLength > 0 || c.writableLength > 0) return false;
     for (const c of this.#errors) if (c.writableLength > 0) return false;
     return receiverPending(ws) !== undefined;
   }
 
+  #podsFrozen = false;
+
   thaw(): void {
     this.#frozen = false;
+    this.#podsFrozen = false;
+    releaseReads(this.socket);
     for (const f of this.#forwards) if (f.state === 'piping') f.pipe.thaw();
     if (!this.#closed) this.#startKeepAlive();
     this.#resumeUnlessHeld(undefined);
@@ -389,9 +401,18 @@ class ChannelSession implements ChannelOwner, MovableSession {
 export function adoptChannels(moved: MovedSession, socket: Socket, fds: number[], deps: ForwardDeps): AdoptedSession {
   let ws: WebSocket | undefined;
   const chunks = readIntoOwnedSlabs(socket, deps.budget, (chunk) => ws === undefined || receiverHolds(ws, chunk), () => FEW_STREAMS_BULK_SLAB_BYTES);
-  ws = adoptWebSocket(socket, Buffer.from(moved.ws!.pending, 'base64'), moved.ws!.protocol);
+  ws = adoptWebSocket(socket, moved.ws!.protocol);
+  const adoptedWs = ws;
   const session = new ChannelSession(ws, moved.grant, encodingOf(moved.ws!.protocol), deps, chunks, socket);
   ws.pause();
   session.adopt(moved.channels!, fds);
-  return { protocol: 'websocket', frozenAt: BigInt(moved.frozenAt), start: () => session.startAdopted() };
+  const pending = Buffer.from(moved.ws!.pending, 'base64');
+  return {
+    protocol: 'websocket',
+    frozenAt: BigInt(moved.frozenAt),
+    start: () => {
+      feedPending(adoptedWs, pending);
+      session.startAdopted();
+    },
+  };
 }

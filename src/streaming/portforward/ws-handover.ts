@@ -107,14 +107,16 @@ function wsServerOptions(): Record<string, unknown> {
 }
 
 /**
- * A server-side WebSocket on an adopted, paused socket: `pending` (receiverPending() of the
- * old process) is read first, once the socket is resumed.
+ * A server-side WebSocket on an adopted, paused socket. `pending` (receiverPending() of the
+ * old process) must be given to feedPending() before the socket is resumed: not through
+ * setSocket's head, which ws unshifts into the socket's readable buffer, from where it
+ * would come out after the first read of a socket that reads into our own buffers.
  */
-export function adoptWebSocket(socket: Socket, pending: Buffer, protocol: string): WebSocket {
+export function adoptWebSocket(socket: Socket, protocol: string): WebSocket {
   const options = wsServerOptions();
   const ws = new WebSocket(null as unknown as string, undefined, options);
   (ws as unknown as { _protocol: string })._protocol = protocol;
-  (ws as unknown as { setSocket(socket: Socket, head: Buffer, options: Record<string, unknown>): void }).setSocket(socket, pending, {
+  (ws as unknown as { setSocket(socket: Socket, head: Buffer, options: Record<string, unknown>): void }).setSocket(socket, Buffer.alloc(0), {
     allowSynchronousEvents: options.allowSynchronousEvents,
     maxBufferedChunks: options.maxBufferedChunks,
     maxFragments: options.maxFragments,
@@ -122,4 +124,9 @@ export function adoptWebSocket(socket: Socket, pending: Buffer, protocol: string
     skipUTF8Validation: options.skipUTF8Validation,
   });
   return ws;
+}
+
+/** Give an adopted WebSocket's receiver what the old process's receiver held (before any socket read). */
+export function feedPending(ws: WebSocket, pending: Buffer): void {
+  if (pending.length > 0) (ws as unknown as { _receiver: { write(chunk: Buffer): boolean } })._receiver.write(pending);
 }

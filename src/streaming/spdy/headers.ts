@@ -148,21 +148,21 @@ export const ZLIB_WINDOW_BYTES = 32 * 1024;
  * stream), is compacted to the window once it reaches twice that.
  */
 class InflatedHistory {
+  /** The bytes so far: `initial` itself until the first append (no copy for sessions that open no stream). */
   #bytes: Buffer;
   #length: number;
 
   constructor(initial: Buffer) {
-    this.#bytes = Buffer.allocUnsafe(Math.max(4096, initial.length * 2));
-    this.#length = initial.copy(this.#bytes);
+    this.#bytes = initial;
+    this.#length = initial.length;
   }
 
   append(source: Buffer, length: number): void {
-    if (this.#length + length > this.#bytes.length) {
+    if (this.#length + length > this.#bytes.length || this.#bytes.length === this.#length) {
+      // Full (or still the initial bytes): keep the window, with room to grow to twice it.
       const keep = Math.min(this.#length, ZLIB_WINDOW_BYTES);
-      const needed = keep + length;
-      const next = needed > this.#bytes.length || this.#bytes.length < 2 * ZLIB_WINDOW_BYTES
-        ? Buffer.allocUnsafe(Math.max(needed, Math.min(2 * ZLIB_WINDOW_BYTES, this.#bytes.length * 2)))
-        : this.#bytes;
+      const size = Math.max(keep + length, Math.min(2 * ZLIB_WINDOW_BYTES, Math.max(4096, 2 * (keep + length))));
+      const next = Buffer.allocUnsafe(size);
       this.#bytes.copy(next, 0, this.#length - keep, this.#length);
       this.#bytes = next;
       this.#length = keep;
@@ -178,7 +178,10 @@ class InflatedHistory {
 }
 
 export class HeaderBlockDecoder {
-  readonly #inflate: InflateWithHandle;
+  /** Made at the first block: a session that opens no stream (or an adopted one that opens none) needs no zlib context. */
+  #inflate: InflateWithHandle | undefined;
+  readonly #adoptedWindow: Buffer | undefined;
+  #closed = false;
   #failure: ProtocolError | undefined;
   /** A block has been inflated: the zlib header is behind us. */
   #started: boolean;
@@ -190,14 +193,18 @@ export class HeaderBlockDecoder {
    */
   constructor(adoptedWindow?: Buffer) {
     this.#started = adoptedWindow !== undefined;
-    this.#inflate = (
-      adoptedWindow === undefined
-        ? createInflate({ dictionary: SPDY3_HEADER_DICTIONARY })
-        : createInflateRaw({ dictionary: adoptedWindow })
-    ) as InflateWithHandle;
+    this.#adoptedWindow = adoptedWindow;
     this.#history = new InflatedHistory(adoptedWindow ?? SPDY3_HEADER_DICTIONARY);
+  }
+
+  #context(): InflateWithHandle {
+    if (this.#inflate !== undefined) return this.#inflate;
+    const window = this.#adoptedWindow;
+    const inflate = (window === undefined ? createInflate({ dictionary: SPDY3_HEADER_DICTIONARY }) : createInflateRaw({ dictionary: window })) as InflateWithHandle;
     // A zlib error destroys the stream at once (so we see it below) and emits 'error' later.
-    this.#inflate.on('error', () => undefined);
+    inflate.on('error', () => undefined);
+    this.#inflate = inflate;
+    return inflate;
   }
 
   /**
@@ -214,7 +221,8 @@ export class HeaderBlockDecoder {
    */
   decode(compressed: Buffer): HeaderMap {
     if (this.#failure !== undefined) throw this.#failure;
-    const inflate = this.#inflate;
+    if (this.#closed) throw this.#fail('corrupt header block compression: the zlib context is closed');
+    const inflate = this.#context();
     const handle = inflate._handle;
     if (handle === null) throw this.#fail('corrupt header block compression: the zlib context is closed');
     const state = inflate._writeState; // [output space left, input left] after each call
@@ -243,11 +251,12 @@ export class HeaderBlockDecoder {
 
   #fail(message: string): ProtocolError {
     this.#failure = ProtocolError.session(message);
-    this.#inflate.destroy();
+    this.#inflate?.destroy();
     return this.#failure;
   }
 
   close(): void {
-    this.#inflate.destroy();
+    this.#closed = true;
+    this.#inflate?.destroy();
   }
 }

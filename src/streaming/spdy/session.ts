@@ -140,7 +140,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   // ---- upgrade handover -------------------------------------------------------------
   //
   // The old process freezes the session (the front end stops reading its transport), waits
-  // until it isQuiet, exports its state; the new process constructs it from that state and
+  // until it is inboundDrained (the pipes then stop reading the pods) and isQuiet, exports its state; the new process constructs it from that state and
   // start()s it. A freeze that is not followed by a handover is undone by thaw().
 
   #adopt(state: SpdySessionState): void {
@@ -184,14 +184,17 @@ export class SpdySession implements FrameSink, StreamOwner {
     return this.#transportPaused;
   }
 
-  /**
-   * Between frames with nothing of ours in flight: the parser is not waiting and holds no
-   * write, no frame waits to be written, every stream's buffers are empty.
-   */
-  get isQuiet(): boolean {
+  /** What the peer sent has been handed on: the parser neither waits nor holds a write, no stream holds unread data. */
+  get inboundDrained(): boolean {
     if (this.#endReason !== undefined || this.#parser.isPaused || this.#parser.writableLength > 0) return false;
-    if (this.#out.pending || this.#transport.writableLength > 0) return false;
-    for (const stream of this.#streams.values()) if (stream.readableLength > 0 || stream.writableLength > 0) return false;
+    for (const stream of this.#streams.values()) if (stream.readableLength > 0) return false;
+    return true;
+  }
+
+  /** Between frames with nothing in flight either way: inbound drained, no frame of ours waits to be written. */
+  get isQuiet(): boolean {
+    if (!this.inboundDrained || this.#out.pending || this.#transport.writableLength > 0) return false;
+    for (const stream of this.#streams.values()) if (stream.writableLength > 0) return false;
     return true;
   }
 
