@@ -60,6 +60,8 @@ const DRAIN_POLL_MS = 500;
 
 type ToNew =
   | { type: 'tokens'; tokens: ExportedToken[]; counters: CounterValues }
+  /** A token issued after the others were taken out (this process answers PortForward until it releases the CRI socket). */
+  | { type: 'token'; token: ExportedToken }
   | { type: 'sessions'; sessions: MovedSession[]; fdMessages: number }
   | { type: 'sessions-yours' }
   | { type: 'take-listener' }
@@ -185,6 +187,7 @@ class UpgradeAttempt {
     this.#tokens = h.tokens.exportAll();
     if (process.env.CRI_PORTFORWARD_TEST_UPGRADE_DIE === '1') process.kill(process.pid, 'SIGKILL'); // injected (test): the old process dies mid-handover
     this.#send({ type: 'tokens', tokens: this.#tokens, counters });
+    h.tokens.forwardIssued((token) => this.#send({ type: 'token', token }));
     const sessions: MovableSession[] = [...h.sessions];
     for (let i = 0; i < sessions.length && !this.#settled; i += SESSIONS_PER_BATCH) {
       await this.#moveBatch(sessions.slice(i, i + SESSIONS_PER_BATCH));
@@ -233,6 +236,7 @@ class UpgradeAttempt {
     this.#child.removeAllListeners('exit');
     this.#child.unref();
     h.metrics.handovers.inc({ result: 'ok' });
+    h.tokens.dropAll();
     this.log.info('upgrade: handed over', {
       newPid,
       sessionsMoved: this.#moved,
@@ -261,6 +265,7 @@ class UpgradeAttempt {
     this.#settled = true;
     clearTimeout(this.#timer);
     const h = this.#h;
+    h.tokens.forwardIssued(undefined); // those issued meanwhile never left this process
     const childAlive = this.#child.exitCode === null && this.#child.signalCode === null;
     if (this.#moved > 0 && childAlive) this.#send({ type: 'abandon' });
     else this.#child.kill('SIGKILL');
@@ -268,10 +273,11 @@ class UpgradeAttempt {
     for (const session of this.#batch?.moving ?? []) session.thaw();
     this.#onAdopted?.();
     const tokens = this.#tokens;
+    // Still accepting on the original listener if it never stopped: the spare goes.
+    if (tokens === undefined) closeSync(this.spareFd);
     const resume = tokens === undefined ? Promise.resolve() : h.streaming.acceptOn(this.spareFd);
     void resume.then(
       () => {
-        if (tokens !== undefined) h.tokens.importAll(tokens);
         this.log.error('upgrade failed; this process goes on serving', {
           why,
           ...(err ? { err } : {}),
@@ -354,6 +360,9 @@ export function takeOver(server: RunningServer, criSocket: string, log: Logger):
         case 'tokens':
           tokens = message.tokens;
           importCounters(h.metrics, message.counters);
+          return;
+        case 'token':
+          h.tokens.importAll([message.token]);
           return;
         case 'sessions': {
           sessionsCame = true;

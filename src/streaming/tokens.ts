@@ -55,6 +55,7 @@ export interface TokenCacheOptions {
 }
 
 export class TokenCache {
+  #forward: ((token: ExportedToken) => void) | undefined;
   readonly #cache: LRUCache<string, PortForwardGrant>;
   readonly #maxInflight: number;
   readonly #metrics: Metrics;
@@ -98,6 +99,7 @@ export class TokenCache {
     } while (this.#cache.has(token)); // 2^-128: cheap insurance, not a real expectation
     this.#cache.set(token, { ...grant, tag: tokenTag(token) });
     this.#metrics.tokensIssued.inc();
+    this.#forward?.({ token, sandboxId: grant.sandboxId, ports: [...grant.ports], ttlMs: Math.max(1, Math.floor(this.#cache.getRemainingTTL(token))) });
     return token;
   }
 
@@ -117,15 +119,33 @@ export class TokenCache {
    * Take every unredeemed token out, with the time each has left (an upgrade hands them to
    * the new process): none of them can be redeemed here any more, unless imported back.
    */
+  /**
+   * During an upgrade, after exportAll(): every token issued from now on is also passed to
+   * `forward` (the new process, which serves the URLs by then), until called with undefined.
+   */
+  forwardIssued(forward: ((token: ExportedToken) => void) | undefined): void {
+    this.#forward = forward;
+  }
+
+  /**
+   * The unredeemed tokens, for an upgrade's new process. They stay here too, until
+   * dropAll(): a connection this process accepted just before it stopped accepting may
+   * still send its request, and redeems here.
+   */
   exportAll(): ExportedToken[] {
     this.#cache.purgeStale();
     const tokens: ExportedToken[] = [];
     for (const [token, grant] of this.#cache.entries()) {
       tokens.push({ token, sandboxId: grant.sandboxId, ports: [...grant.ports], ttlMs: Math.max(1, Math.floor(this.#cache.getRemainingTTL(token))) });
     }
-    this.#cache.clear();
     return tokens;
   }
+
+  /** The new process serves every URL now: none is redeemed here any more. */
+  dropAll(): void {
+    this.#cache.clear();
+  }
+
 
   /** Take over exported tokens: each stays redeemable for the time it had left. */
   importAll(tokens: readonly ExportedToken[]): void {

@@ -5,6 +5,8 @@
 
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import * as http from 'node:http';
+import { basename } from 'node:path';
 import type { ServerProcess } from './server-process';
 
 type Logs = Pick<ServerProcess, 'logs'>;
@@ -47,16 +49,20 @@ export function pidFds(pid: number): number {
 
 /**
  * What a process's fds are, counted by kind: a file's path, `pipe`, `anon_inode:[eventpoll]`
- * and such, and sockets as `ss` sees them from this network namespace (`tcp ESTAB
- * 127.0.0.1:PORT`: our end's address; `u_str ESTAB`; ...); a socket `ss` does not show
- * here lives in another namespace (a pod socket). For a message that explains a count.
+ * and such, and sockets as `ss` sees them from this network namespace, with our end's
+ * address (`tcp ESTAB 127.0.0.1:PORT`, `u_str ESTAB cri.sock`, `u_str ESTAB *`: a
+ * client's end); a socket `ss` does not show here lives in another namespace (a pod
+ * socket). For a message that explains a count.
  */
 export function pidFdKinds(pid: number): Record<string, number> {
   const sockets = new Map<string, string>();
-  for (const line of execFileSync('ss', ['-Hanp'], { encoding: 'utf8' }).split('\n')) {
+  // TCP and unix only: asking for every family makes ss print netlink errors for those
+  // the kernel lacks.
+  for (const line of execFileSync('ss', ['-Hanp', '-A', 'tcp,unix'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')) {
     const [netid, state, , , local] = line.trim().split(/\s+/);
     for (const m of line.matchAll(/pid=(\d+),fd=(\d+)/g)) {
-      if (Number(m[1]) === pid) sockets.set(m[2]!, netid === 'tcp' ? `tcp ${state} ${local}` : `${netid} ${state}`);
+      // Our end's address: host:port, a socket file's name, or * (a client's end).
+      if (Number(m[1]) === pid) sockets.set(m[2]!, `${netid} ${state} ${netid === 'tcp' ? local : basename(local ?? '')}`);
     }
   }
   const kinds: Record<string, number> = {};
@@ -85,7 +91,7 @@ export function pidRssBytes(pid: number): number {
  * histogram. Exactly `name`: `x_total` does not match `x_total_foo`.
  */
 export async function metricSeries(baseUrl: string, name: string): Promise<Map<string, number>> {
-  const text = await (await fetch(`${baseUrl}/metrics`)).text();
+  const text = await getClosing(`${baseUrl}/metrics`);
   const series = new Map<string, number>();
   for (const line of text.split('\n')) {
     if (!line.startsWith(name + ' ') && !line.startsWith(name + '{')) continue;
@@ -93,6 +99,23 @@ export async function metricSeries(baseUrl: string, name: string): Promise<Map<s
     series.set(line.slice(name.length, line.lastIndexOf(' ')), value);
   }
   return series;
+}
+
+/**
+ * GET on a connection of its own, closed after the answer: fetch() would keep an idle
+ * connection to the streaming port in its pool, and a test counting the server's
+ * connections or fds would count it.
+ */
+function getClosing(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false, headers: { connection: 'close' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${url}: ${res.statusCode} ${body}`))));
+    });
+    req.on('error', reject);
+  });
 }
 
 /** A metric summed over its label sets; 0 when absent. */
@@ -104,7 +127,7 @@ export async function metricSum(baseUrl: string, name: string): Promise<number> 
 
 /** The client ends ("address:port") of the established TCP connections to 127.0.0.1:`port`, sorted. */
 export function establishedTo(port: number): string[] {
-  const out = execFileSync('ss', ['-Htn', 'state', 'established', `( dst 127.0.0.1:${port} )`], { encoding: 'utf8' });
+  const out = execFileSync('ss', ['-Htn', 'state', 'established', `( dst 127.0.0.1:${port} )`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   return out
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
