@@ -7,24 +7,27 @@
 //   spawn ------------------------------> start, CRI socket bound at <socket>.<its pid>
 //                   <-------------------- "prepared"
 //   stop accepting (the kernel queues),
-//   take the tokens out, freeze the
-//   sessions until each is quiet (handover/
-//   freeze.ts), pass their sockets (fd 5),
-//   their state, the counters ----------> rebuild the sessions, paused (handover/adopt.ts);
-//                                         import the tokens, accept on fd 3
+//   pass the tokens and the counters ---> keep them; later tokens follow one by one
+//   for each batch of SESSIONS_PER_BATCH:
+//     freeze it until quiet (handover/
+//     freeze.ts), pass its sockets (fd 5)
+//     and its state --------------------> rebuild the sessions, paused (handover/adopt.ts)
+//                   <-------------------- "adopted"
+//     let go of their sockets ----------> "sessions-yours": start them (read, timers)
+//   "take-listener" --------------------> import the tokens, accept on fd 3
 //                   <-------------------- "took-over" {pid}
 //   rename <socket>.<new pid> -> <socket>,
-//   let go of the sessions' sockets ----> "sessions-yours": start them (read, timers)
 //   release the CRI socket (GOAWAY: clients reconnect by path, to the new process;
 //   calls in flight finish) ----------> "released": reread the sandbox records (what
 //                                       the old process changed since this one started)
 //   exit 0 once the sessions it kept (TLS, or not quiet within QUIET_DEADLINE_MS) end
 //
-// Anything else before "took-over" (the new process exits, throws while adopting, or says
-// nothing for TAKEOVER_TIMEOUT_MS) and the old one kills it, thaws every session where it
-// stopped, accepts on its spare listener again, takes its tokens back and logs why: an
-// upgrade can fail, a forward must not. Should the old process die half-way, the new one
-// takes over alone (see takeOver).
+// Anything else before "took-over" (the new process exits, fails to adopt, or reports no
+// progress for TAKEOVER_TIMEOUT_MS) and the old one thaws the batch under way where it
+// stopped, accepts on its spare listener again and logs why: an upgrade can fail, a
+// forward must not. Batches the new process already runs stay with it ("abandon": it
+// serves them until they end, and takes nothing else). Should the old process die
+// half-way, the new one takes over alone (see takeOver).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, promises as fs } from 'node:fs';
