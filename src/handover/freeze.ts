@@ -28,14 +28,18 @@ function turn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-/** Wait until every session is quiet or the deadline passes; those still busy. */
-async function untilQuiet(sessions: MovableSession[], deadline: number): Promise<MovableSession[]> {
+/**
+ * Wait until every session is quiet or the deadline passes; those still busy. A session
+ * that ends meanwhile (its client went away) leaves the registry and is waited for no more:
+ * it never quiets, and waiting for it would pause every other session until the deadline.
+ */
+async function untilQuiet(sessions: MovableSession[], registry: MovableSessions, deadline: number): Promise<MovableSession[]> {
   let busy = sessions;
   for (;;) {
-    busy = busy.filter((s) => !s.quiesce());
+    busy = busy.filter((s) => registry.has(s) && !s.quiesce());
     if (busy.length === 0 || performance.now() >= deadline) return busy;
     await turn();
-    if (busy.some((s) => !s.quiesce())) await new Promise((resolve) => setTimeout(resolve, 1));
+    if (busy.some((s) => registry.has(s) && !s.quiesce())) await new Promise((resolve) => setTimeout(resolve, 1));
   }
 }
 
@@ -48,16 +52,18 @@ export async function freezeSessions(batch: MovableSession[], registry: MovableS
   await turn();
   const idle: MovableSession[] = [];
   const busy: MovableSession[] = [];
-  for (const s of all) (s.quiesce() ? idle : busy).push(s);
+  for (const s of all) if (registry.has(s)) (s.quiesce() ? idle : busy).push(s);
   let stuck: MovableSession[] = [];
   if (busy.length > 0) {
     for (const s of idle) s.thaw();
-    stuck = await untilQuiet(busy, deadline);
+    stuck = await untilQuiet(busy, registry, deadline);
     for (const s of idle) s.freeze();
   }
-  stuck.push(...(await untilQuiet(idle, deadline)));
+  stuck.push(...(await untilQuiet(idle, registry, deadline)));
   const kept = new Set(stuck);
   for (const s of kept) s.thaw();
+  // Those that ended meanwhile finish ending as they would have (a close handshake, a linger).
+  for (const s of all) if (!registry.has(s)) s.thaw();
   // A session that ended meanwhile (its peer closed) is gone from the registry.
   const moving = all.filter((s) => !kept.has(s) && registry.has(s));
   const fds: number[] = [];

@@ -372,6 +372,7 @@ class ChannelSession implements ChannelOwner, MovableSession {
   #close(code: number, reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.deps.sessions.delete(this); // closing: nothing to move
     if (code !== CLOSE_NORMAL) this.deps.log.warn('closing port-forward WebSocket', { sandboxId: this.grant.sandboxId, code, reason });
     if (this.ws.readyState === this.ws.OPEN) this.ws.close(code, reason);
     this.#onClose();
