@@ -37,16 +37,23 @@ describe('memory trim after a burst', { skip }, () => {
     assert.equal(await serverMetric(server, TRIMS), 0);
   });
 
-  it('trims once quiet after a bulk burst, and RSS falls back from the peak', async () => {
+  it('after a bulk burst RSS falls back from the peak (trimmed once quiet unless it already fell by itself)', async () => {
     const { server, cri, sandboxId } = world;
     const urls = await portForwardUrls(cri, sandboxId, world.apps[0]!.port, 2);
     const summary = await runEchoLoad(urls, world.apps[0]!.port, 32, 4 << 20);
     assert.equal(summary.clean, 32, JSON.stringify(summary));
     const atEnd = serverMemory(server).rssBytes;
-    await until('a trim', async () => (await serverMetric(server, TRIMS)) === 1, { timeoutMs: 15_000, intervalMs: 200 });
-    const trimmed = serverMemory(server);
-    assert.ok(trimmed.peakRssBytes - trimmed.rssBytes >= 16 << 20, `peak ${trimmed.peakRssBytes >> 20} MiB, after the trim ${trimmed.rssBytes >> 20} MiB (${atEnd >> 20} MiB at the burst's end)`);
+    // RSS comes back from the peak: by the trim, or by itself when V8 and glibc already gave
+    // the burst's pages back (then a trim would cost more than it frees, and none is done).
+    const fellBack = (): boolean => {
+      const m = serverMemory(server);
+      return m.peakRssBytes - m.rssBytes >= 16 << 20;
+    };
+    await until('a trim, or RSS back by itself', async () => (await serverMetric(server, TRIMS)) === 1 || fellBack(), { timeoutMs: 15_000, intervalMs: 200 });
+    await until('RSS back from the peak', () => fellBack(), { timeoutMs: 5_000, intervalMs: 200 }).catch(() => undefined);
+    const after = serverMemory(server);
+    assert.ok(fellBack(), `peak ${after.peakRssBytes >> 20} MiB, now ${after.rssBytes >> 20} MiB (${atEnd >> 20} MiB at the burst's end)`);
     await sleep(QUIET_WAIT_MS);
-    assert.equal(await serverMetric(server, TRIMS), 1, 'one burst, one trim');
+    assert.ok((await serverMetric(server, TRIMS)) <= 1, 'one burst, at most one trim');
   });
 });
