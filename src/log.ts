@@ -42,12 +42,19 @@ class JsonLogger implements Logger {
    * connection's logger at --log-level warn usually writes none.
    */
   #baseMembers: string | undefined;
+  /** The context fields, the parent's and the child's own merged at the first use. */
+  #base: LogFields | undefined;
 
   constructor(
     private readonly threshold: number,
     private readonly write: LineWriter,
-    /** The context fields. */
-    private readonly base: LogFields,
+    /** The parent's context fields (a root logger's own). */
+    private readonly parentBase: LogFields,
+    /**
+     * A child's own fields. Merging them waits for a line: a connection's loggers usually
+     * write none, and the merge (an object spread) took V8's slow path on every connection.
+     */
+    private readonly own?: LogFields,
   ) {}
 
   debug(msg: string, fields?: LogFields): void {
@@ -71,15 +78,19 @@ class JsonLogger implements Logger {
   }
 
   child(fields: LogFields): Logger {
-    const base = { ...this.base, ...fields };
-    return new JsonLogger(this.threshold, this.write, base);
+    return new JsonLogger(this.threshold, this.write, this.#context(), fields);
+  }
+
+  #context(): LogFields {
+    return (this.#base ??= this.own === undefined ? this.parentBase : { ...this.parentBase, ...this.own });
   }
 
   #emit(level: LogLevel, msg: string, fields: LogFields | undefined): void {
-    let rest = (this.#baseMembers ??= members(this.base));
+    const base = this.#context();
+    let rest = (this.#baseMembers ??= members(base));
     if (fields !== undefined) {
       // A field named as a context field replaces it (rare): the slow path keeps one of each.
-      rest = overridesAny(fields, this.base) ? members({ ...this.base, ...fields }) : rest + members(fields);
+      rest = overridesAny(fields, base) ? members({ ...base, ...fields }) : rest + members(fields);
     }
     this.write(`{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${rest}}\n`);
   }

@@ -3,12 +3,10 @@
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../package-info';
 
-/** What the addon reports for one dial: an fd, or the errno of each failed step. */
+/** What the addon reports for a dial that failed: the errno of each failed step. */
 export interface RawDialResult {
-  /** Connected socket fd, or -1. */
+  /** -1. */
   fd: number;
-  /** 4 or 6 on success. */
-  family: number;
   /** errno of the 127.0.0.1 connect (0: not tried or succeeded). */
   errno4: number;
   /** errno of the [::1] connect (0: not tried or succeeded). */
@@ -19,7 +17,8 @@ export interface RawDialResult {
 }
 
 interface NetnsAddon {
-  dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<RawDialResult>;
+  /** The connected socket's fd, or what failed. */
+  dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<number | RawDialResult>;
   /** The socket's pending error (SO_ERROR, cleared by reading it): 0 if none. */
   takeSocketError(fd: number): number;
   /** Give the free pages of malloc's arenas back to the kernel (malloc_trim(0)). */

@@ -80,7 +80,7 @@ export class Forwarder {
   /** Dial localhost:port in the sandbox's namespace (127.0.0.1, then ::1); the fd is the caller's. */
   async dial(sandbox: ResolvedSandbox, port: number): Promise<number> {
     const result = await addon.dialInNetns(sandbox.netnsPath, port, this.#dialTimeoutMs);
-    if (result.fd >= 0) return result.fd;
+    if (typeof result === 'number') return result;
     if (result.nsStage !== undefined) {
       throw new DialError(
         'netns-closed',

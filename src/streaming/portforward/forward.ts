@@ -9,7 +9,7 @@
 import type { Duplex } from 'node:stream';
 import type { BufferBudget } from '../../buffer-budget';
 import type { MovableSessions } from '../../handover/movable';
-import type { Logger } from '../../log';
+import type { LogFields, Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
 import { Pipe } from '../../pipe';
@@ -52,7 +52,7 @@ export interface ForwardRequest {
   /** The session ended while the pod was being dialled: nothing is piped. */
   isAborted(): boolean;
   /** The pod is dialled and the pipe runs (an upgrade hands over running pipes). */
-  onPiped?(pipe: Pipe, pod: PodIdentity): void;
+  onPiped?: ((pipe: Pipe, pod: PodIdentity) => void) | undefined;
 }
 
 export async function forwardConnection(deps: ForwardDeps, request: ForwardRequest): Promise<ForwardVerdict> {
@@ -109,13 +109,16 @@ export async function pipeForward(deps: ForwardDeps, request: ForwardRequest, po
   deps.metrics.forwardsActive.dec();
   deps.metrics.bytesToPod.inc(result.bytesToPod);
   deps.metrics.bytesToClient.inc(result.bytesToClient);
-  auditLog(deps, request, pod).info('forward ended', {
+  // One shape whether or not there is an error: a conditional spread here went through
+  // V8's slow path on every connection.
+  const fields: LogFields = {
     reason: result.outcome,
     bytesToPod: result.bytesToPod,
     bytesToClient: result.bytesToClient,
     durationMs: Date.now() - started,
-    ...(result.error ? { err: result.error.message } : {}),
-  });
+  };
+  if (result.error !== undefined) fields.err = result.error.message;
+  auditLog(deps, request, pod).info('forward ended', fields);
   // The pipe already ended or reset the client side as the pod side ended.
   return PIPED;
 }
@@ -123,7 +126,7 @@ export async function pipeForward(deps: ForwardDeps, request: ForwardRequest, po
 /** The logger of one forwarded connection, carrying its audit fields (the pod's once known). */
 function auditLog(deps: ForwardDeps, request: ForwardRequest, pod: PodIdentity | undefined): Logger {
   const { grant } = request;
-  const fields: Record<string, unknown> = { sandboxId: grant.sandboxId, port: request.port, protocol: request.protocol, peer: grant.peer, token: grant.tag };
+  const fields: LogFields = { sandboxId: grant.sandboxId, port: request.port, protocol: request.protocol, peer: grant.peer, token: grant.tag };
   if (pod !== undefined) {
     fields.podNamespace = pod.namespace;
     fields.podName = pod.name;

@@ -147,19 +147,20 @@ export class SpdyPortForwardSession {
   async #forward(errorStream: SpdyStream, dataStream: SpdyStream, port: number): Promise<void> {
     const forward: Forward = { error: errorStream, data: dataStream, port, started: Date.now() };
     this.#forwards.add(forward);
-    const verdict = await forwardConnection(this.#deps, {
-      ...this.#request(port, dataStream),
-      onPiped: (pipe, pod) => {
+    const verdict = await forwardConnection(
+      this.#deps,
+      this.#request(port, dataStream, (pipe, pod) => {
         forward.pipe = pipe;
         forward.pod = pod;
-      },
-    });
+      }),
+    );
     this.#forwarded(forward, verdict);
   }
 
-  #request(port: number, dataStream: SpdyStream): ForwardRequest {
-    return { grant: this.#grant, port, client: dataStream, protocol: this.#protocol, isAborted: () => this.#session.isEnded };
+  #request(port: number, dataStream: SpdyStream, onPiped?: ForwardRequest['onPiped']): ForwardRequest {
+    return { grant: this.#grant, port, client: dataStream, protocol: this.#protocol, isAborted: () => this.#session.isEnded, onPiped };
   }
+
 
   #forwarded(forward: Forward, verdict: ForwardVerdict): void {
     this.#forwards.delete(forward);

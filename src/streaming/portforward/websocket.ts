@@ -302,17 +302,17 @@ class ChannelSession implements ChannelOwner, MovableSession {
     return new BudgetedBound(this.deps.budget, CHANNEL_BASE_RECEIVE_BYTES, CHANNEL_RECEIVE_BUFFER_BYTES);
   }
 
-  #request(i: number): ForwardRequest {
-    return { grant: this.grant, port: this.grant.ports[i]!, client: this.#data[i]!, protocol: 'websocket', isAborted: () => this.#closed };
+  #request(i: number, onPiped?: ForwardRequest['onPiped']): ForwardRequest {
+    return { grant: this.grant, port: this.grant.ports[i]!, client: this.#data[i]!, protocol: 'websocket', isAborted: () => this.#closed, onPiped };
   }
 
   async #forward(i: number): Promise<void> {
     const forward: PortForward = { state: 'dialling' };
     this.#forwards[i] = forward;
-    const verdict = await forwardConnection(this.deps, {
-      ...this.#request(i),
-      onPiped: (pipe, pod) => (this.#forwards[i] = { state: 'piping', pipe, pod, started: Date.now() }),
-    });
+    const verdict = await forwardConnection(
+      this.deps,
+      this.#request(i, (pipe, pod) => (this.#forwards[i] = { state: 'piping', pipe, pod, started: Date.now() })),
+    );
     await this.#forwarded(i, verdict);
   }
 
