@@ -25,10 +25,10 @@ export interface KubectlTarget {
 }
 
 /** Run `use` against a fresh kubectl's local port for the target; kubectl is stopped after. */
-export async function throughKubectl<T>(target: KubectlTarget, use: (localPort: number) => Promise<T>): Promise<T> {
+export async function throughKubectl<T>(target: KubectlTarget, use: (localPort: number, kubectlPid: number) => Promise<T>): Promise<T> {
   const forward = await startPortForward({ kubeconfig: target.api.kubeconfig(target.kubeconfigDir), pod: target.pod, ports: [`0:${target.port}`] });
   try {
-    return await use(forward.localPorts[0]!);
+    return await use(forward.localPorts[0]!, forward.proc.pid!);
   } finally {
     await forward.stop();
   }
@@ -40,6 +40,13 @@ export interface ConnectionRate {
   cpuMsPerConnection: number;
   /** The same, each process's share, in the order of `cpuPids`. */
   eachCpuMsPerConnection: number[];
+  /**
+   * CPU per connection of everything else on the path, which shares the machine's cores
+   * with the server: kubectl, the app (`appPid`, when given), and this process (the TCP
+   * client and the apiserver's relay). With the cores busy, the rate is bounded by the
+   * sum; see run.ts. Only through kubectl.
+   */
+  outsideCpuMsPerConnection?: { kubectl: number; app: number; client: number };
 }
 
 /**
@@ -49,13 +56,31 @@ export interface ConnectionRate {
 export function kubectlConnectionRate(
   target: KubectlTarget,
   cpuPids: number[],
-  { connections = CONNECTIONS, warmUp = WARM_UP_CONNECTIONS } = {},
+  { connections = CONNECTIONS, warmUp = WARM_UP_CONNECTIONS, appPid = undefined as number | undefined } = {},
 ): Promise<ConnectionRate> {
-  return throughKubectl(target, async (port) => {
+  return throughKubectl(target, async (port, kubectlPid) => {
     await echoChurn(port, warmUp, CONNECTIONS_IN_FLIGHT);
-    const { result: seconds, cpuSeconds, eachCpuSeconds } = await cpuOf(cpuPids, () => echoChurn(port, connections, CONNECTIONS_IN_FLIGHT));
+    const outsidePids = appPid === undefined ? [kubectlPid] : [kubectlPid, appPid];
+    let clientMicros = 0;
+    const { result: seconds, eachCpuSeconds } = await cpuOf([...cpuPids, ...outsidePids], async () => {
+      const before = process.cpuUsage();
+      const s = await echoChurn(port, connections, CONNECTIONS_IN_FLIGHT);
+      const used = process.cpuUsage(before);
+      clientMicros = used.user + used.system;
+      return s;
+    });
     const msEach = (s: number): number => (s * 1000) / connections;
-    return { connectionsPerSecond: connections / seconds, cpuMsPerConnection: msEach(cpuSeconds), eachCpuMsPerConnection: eachCpuSeconds.map(msEach) };
+    const servers = eachCpuSeconds.slice(0, cpuPids.length);
+    return {
+      connectionsPerSecond: connections / seconds,
+      cpuMsPerConnection: msEach(servers.reduce((a, b) => a + b, 0)),
+      eachCpuMsPerConnection: servers.map(msEach),
+      outsideCpuMsPerConnection: {
+        kubectl: msEach(eachCpuSeconds[cpuPids.length]!),
+        app: appPid === undefined ? 0 : msEach(eachCpuSeconds[cpuPids.length + 1]!),
+        client: msEach(clientMicros / 1e6),
+      },
+    };
   });
 }
 

@@ -39,6 +39,8 @@ export interface Pod {
   echoPort: number;
   /** reply-and-close:64, for the connection rate. */
   replyPort: number;
+  /** Its process: its CPU per connection is part of the machine's load (outsideCpuMs). */
+  replyPid: number;
   sinkPort: number;
   sourcePort: number;
 }
@@ -53,6 +55,8 @@ export interface Figures {
   cpuMsPerConnection: number;
   /** The upstream's part of it (0 without an upstream). */
   upstreamCpuMsPerConnection: number;
+  /** kubectl, the app, and the bench's client and relay, per connection (kubectl-echo.ts). */
+  outsideCpuMsPerConnection: number;
   p50Us: number;
   p99Us: number;
 }
@@ -87,11 +91,14 @@ export const MEASUREMENTS: Measurement[] = [
     const r = await kubectlConnectionRate(target(side, pod.id, pod.replyPort), pids, {
       connections: CONNECTIONS_PER_ROUND,
       warmUp: WARM_UP_CONNECTIONS_PER_ROUND,
+      appPid: pod.replyPid,
     });
+    const outside = r.outsideCpuMsPerConnection!;
     return {
       connectionsPerSecond: r.connectionsPerSecond,
       cpuMsPerConnection: r.cpuMsPerConnection,
       upstreamCpuMsPerConnection: r.eachCpuMsPerConnection[1] ?? 0,
+      outsideCpuMsPerConnection: outside.kubectl + outside.app + outside.client,
     };
   },
   async (side, pod) => {
@@ -111,6 +118,7 @@ export function medians(rounds: Partial<Figures>[]): Figures {
     connectionsPerSecond: of('connectionsPerSecond'),
     cpuMsPerConnection: of('cpuMsPerConnection'),
     upstreamCpuMsPerConnection: of('upstreamCpuMsPerConnection'),
+    outsideCpuMsPerConnection: of('outsideCpuMsPerConnection'),
     p50Us: of('p50Us'),
     p99Us: of('p99Us'),
   };

@@ -71,7 +71,7 @@ export async function proxyBench(): Promise<ProxyBench> {
     const id = (await viaProxy.call('RunPodSandbox', { config: containerdPodConfig(containerd, 'bench', 'bench') })).pod_sandbox_id;
     const netns = await sandboxNetns(direct, id);
     for (const mode of ['echo', `reply-and-close:${ECHO_BYTES}`, 'sink', `source:${TRANSFER_BYTES}`] as const) apps.push(await startPodApp(netns, mode));
-    const pod: Pod = { id, echoPort: apps[0]!.port, replyPort: apps[1]!.port, sinkPort: apps[2]!.port, sourcePort: apps[3]!.port };
+    const pod: Pod = { id, echoPort: apps[0]!.port, replyPort: apps[1]!.port, replyPid: apps[1]!.proc.pid!, sinkPort: apps[2]!.port, sourcePort: apps[3]!.port };
     const runs = await alternate(
       { api: apiContainerd, kubeconfigDir: containerd.dir, serverPid: containerd.pid },
       { api: apiOurs, kubeconfigDir: server.dir, serverPid: server.proc.pid!, upstreamPid: containerd.pid },
