@@ -74,6 +74,12 @@ export interface ChunkTracker {
   retain(chunk: Buffer): void;
   /** A view is done with (the parser has parsed it; the pod socket has written it). */
   release(chunk: Buffer): void;
+  /**
+   * A buffer of `n` bytes for a WebSocket message that spans two reads (ws must copy it
+   * into one): a recycled one where possible, tracked like a slab, so that it is reused
+   * once retained and released again (ws-server.ts).
+   */
+  spanBuffer(n: number): Buffer;
 }
 
 /**
@@ -126,6 +132,8 @@ interface Slab {
   buffer: Buffer;
   /** Views of it still held (by the parser, a stream, a pod socket's write queue). */
   refs: number;
+  /** A span buffer (spanBuffer), not a read slab. */
+  span?: true;
 }
 
 /**
@@ -137,6 +145,19 @@ const MAX_HELD_SLABS = 64;
 
 /** Released small slabs kept for reuse (bulk ones: FREE_BULK_BYTES worth, on loan). */
 const MAX_FREE_SMALL_SLABS = 1;
+
+/**
+ * Span buffers released and kept for the next message that spans reads: one is being
+ * written to the pod while ws fills the next. Kept only while the slabs are bulk ones;
+ * at most 2 x MAX_WEBSOCKET_MESSAGE_BYTES (4 MiB) per socket, and only for a client
+ * whose messages are larger than a read.
+ */
+const MAX_FREE_SPAN_BUFFERS = 2;
+/**
+ * Span buffers handed out and not back yet, remembered so that they can be recycled; past
+ * this the oldest is left to the GC (one never retained: a fragment ws concatenates).
+ */
+const MAX_OUT_SPAN_BUFFERS = 8;
 
 /**
  * The slabs of one socket. A slab is reused once every view of it has been released, so a
@@ -162,6 +183,9 @@ export class ReadSlabs implements ChunkTracker {
   readonly #held: Slab[] = [];
   /** Retired slabs with none, ready to be read into again. */
   readonly #free: Slab[] = [];
+  /** Span buffers out (handed to ws, or held by views), oldest first; and released ones. */
+  readonly #spansOut: Slab[] = [];
+  readonly #spansFree: Slab[] = [];
 
   readonly #bulkSlabBytes: () => number;
 
@@ -211,9 +235,30 @@ export class ReadSlabs implements ChunkTracker {
     if (slab !== undefined) slab.refs++;
   }
 
+  spanBuffer(n: number): Buffer {
+    let span: Slab | undefined;
+    const free = this.#spansFree;
+    for (let i = 0; i < free.length; i++) {
+      const length = free[i]!.buffer.length;
+      if (length >= n && length <= 2 * n) {
+        span = free[i]!;
+        free.splice(i, 1);
+        break;
+      }
+    }
+    if (span === undefined) {
+      span = { buffer: Buffer.allocUnsafe(n), refs: 0, span: true };
+      this.#tracked.set(span.buffer.buffer, span);
+    }
+    this.#spansOut.push(span);
+    if (this.#spansOut.length > MAX_OUT_SPAN_BUFFERS) this.#tracked.delete(this.#spansOut.shift()!.buffer.buffer);
+    return span.buffer.length === n ? span.buffer : span.buffer.subarray(0, n);
+  }
+
   release(chunk: Buffer): void {
     const slab = this.#tracked.get(chunk.buffer);
     if (slab === undefined || --slab.refs !== 0 || slab === this.#current) return;
+    if (slab.span) return this.#spanReleased(slab);
     const at = this.#held.indexOf(slab);
     if (at >= 0) this.#held.splice(at, 1);
     this.#keepFree(slab);
@@ -224,6 +269,16 @@ export class ReadSlabs implements ChunkTracker {
     this.#tracked.clear();
     this.#held.length = 0;
     this.#free.length = 0;
+    this.#spansOut.length = 0;
+    this.#spansFree.length = 0;
+  }
+
+  /** Nothing holds a span buffer any more: kept for the next spanning message, if there is room. */
+  #spanReleased(span: Slab): void {
+    const at = this.#spansOut.indexOf(span);
+    if (at >= 0) this.#spansOut.splice(at, 1);
+    if (this.#isBulk() && this.#spansFree.length < MAX_FREE_SPAN_BUFFERS) this.#spansFree.push(span);
+    else this.#tracked.delete(span.buffer.buffer);
   }
 
   #isBulk(): boolean {
@@ -258,5 +313,7 @@ export class ReadSlabs implements ChunkTracker {
   #dropFree(): void {
     for (const slab of this.#free) this.#tracked.delete(slab.buffer.buffer);
     this.#free.length = 0;
+    for (const span of this.#spansFree) this.#tracked.delete(span.buffer.buffer);
+    this.#spansFree.length = 0;
   }
 }

@@ -16,7 +16,7 @@ import type { SessionGrant } from '../tokens';
 import type { ForwardDeps } from './forward';
 import { movedGrant, SpdyPortForwardSession } from './spdy';
 import { adoptWebSocket, feedPending, receiverPending } from './ws-handover';
-import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, consumeIntoSpanBuffers, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Close code when the client breaks the tunnel's rules (a text message). */
 const CLOSE_UNSUPPORTED_DATA = 1003;
@@ -101,6 +101,7 @@ export class SpdyTunnelProtocol implements PortForwardProtocol {
     const chunks = socket instanceof Socket ? readIntoOwnedSlabs(socket, this.deps.budget, holds, slabBytes) : undefined;
     void acceptWebSocket(req, socket, head, SPDY_TUNNEL_PROTOCOL).then((ws) => {
       accepted = ws;
+      if (chunks !== undefined) consumeIntoSpanBuffers(ws, chunks);
       const bytes = new WebSocketByteStream(ws, chunks);
       pf = new SpdyPortForwardSession(bytes, grant, this.deps, 'spdy-websocket', chunks);
       if (chunks !== undefined) new MovableTunnel(socket as Socket, ws, bytes, pf, grant, this.deps).startKeepAlive();
@@ -189,6 +190,7 @@ export function adoptTunnel(moved: MovedSession, socket: Socket, fds: number[], 
   const holds = (chunk: Buffer): boolean => ws === undefined || receiverHolds(ws, chunk);
   const chunks = readIntoOwnedSlabs(socket, deps.budget, holds, () => spdyBulkSlabBytes(pf?.session.streamCount ?? 0));
   ws = adoptWebSocket(socket, moved.ws!.protocol);
+  if (chunks !== undefined) consumeIntoSpanBuffers(ws, chunks);
   const pending = Buffer.from(moved.ws!.pending, 'base64');
   const adoptedWs = ws;
   const bytes = new WebSocketByteStream(ws, chunks);

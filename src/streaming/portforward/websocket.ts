@@ -31,7 +31,7 @@ import { forwardConnection, pipeForward, type ForwardDeps, type ForwardRequest }
 import { movedGrant } from './spdy';
 import type { ForwardVerdict } from './verdict';
 import { adoptWebSocket, feedPending, receiverPending } from './ws-handover';
-import { acceptWebSocket, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
+import { acceptWebSocket, consumeIntoSpanBuffers, isWebSocketUpgrade, keepAlive, offeredSubprotocols, receiverHolds, SPDY_TUNNEL_PROTOCOL } from './ws-server';
 
 /** Bytes a data channel may hold that its pod socket has not taken, before the WebSocket is no longer read. */
 const CHANNEL_RECEIVE_BUFFER_BYTES = 1024 * 1024;
@@ -116,6 +116,7 @@ export class WebSocketPortForwardProtocol implements PortForwardProtocol {
         : undefined;
     void acceptWebSocket(req, socket, head, protocol).then((ws) => {
       accepted = ws;
+      if (chunks !== undefined) consumeIntoSpanBuffers(ws, chunks);
       new ChannelSession(ws, grant, encodingOf(protocol), this.deps, chunks, chunks === undefined ? undefined : (socket as Socket)).start();
     });
   }
@@ -403,6 +404,7 @@ export function adoptChannels(moved: MovedSession, socket: Socket, fds: number[]
   let ws: WebSocket | undefined;
   const chunks = readIntoOwnedSlabs(socket, deps.budget, (chunk) => ws === undefined || receiverHolds(ws, chunk), () => FEW_STREAMS_BULK_SLAB_BYTES);
   ws = adoptWebSocket(socket, moved.ws!.protocol);
+  if (chunks !== undefined) consumeIntoSpanBuffers(ws, chunks);
   const adoptedWs = ws;
   const session = new ChannelSession(ws, moved.grant, encodingOf(moved.ws!.protocol), deps, chunks, socket);
   ws.pause();
