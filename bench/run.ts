@@ -1,7 +1,7 @@
 // npm run bench: prints a table and one JSON line. Absolute numbers differ 2x between
 // machines; compare runs on one machine, and ratios against references of the same run.
-// `node --expose-gc build/bench/run.js <section>` runs one section: load, connections,
-// proxy or upgrade; without one, everything runs.
+// `node --expose-gc build/bench/run.js <section>` runs one section: transfers (dials and the
+// 1 GiB transfers), load, connections, proxy or upgrade; without one, everything runs.
 //
 // Measured here:
 // - PortForward RPCs per second over the CRI unix socket (grpc-js client, 64 calls in
@@ -248,6 +248,7 @@ async function upgradeRows(): Promise<Row[]> {
 }
 
 const SECTIONS: Record<string, () => Promise<Row[]>> = {
+  transfers: podSideRows,
   upgrade: upgradeRows,
   load: loadRows,
   connections: connectionRows,
