@@ -18,8 +18,16 @@ import { runInNewContext } from 'node:vm';
 import { setFlagsFromString } from 'node:v8';
 import { addon } from './netns/addon';
 
-/** Quiet this long after the last connection ended before trimming (ends come in bursts). */
-const TRIM_DELAY_MS = 2_000;
+/**
+ * Quiet this long after the last connection ended before trimming. A pause shorter than
+ * this (a developer between two requests, a client between batches) must not pay the
+ * recompile that follows a trim: with 2 s, the proxy bench's pauses of 2-4 s between our
+ * measurements each drew a trim, and the sessions after them spent 0.76-0.86x containerd's
+ * CPU per connection (0.65-0.67x without trims) and had a p99 1.1-4.3x containerd's. 8 s is
+ * V8's own delay before its memory reducer's full collections, and keeps the promise of
+ * RSS back within 32 MiB of the start 10 s after a load ends.
+ */
+export const TRIM_DELAY_MS = 8_000;
 /** RSS above what the last trim (or the start) left that makes a trim worth it. */
 export const TRIM_WORTH_BYTES = 16 * 2 ** 20;
 

@@ -7,15 +7,15 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startAppSandbox, type AppSandbox } from '../support/app-sandbox';
 import { rootSkipReason } from '../support/root';
-import { TRIM_WORTH_BYTES } from '../../src/memory-trim';
+import { TRIM_DELAY_MS, TRIM_WORTH_BYTES } from '../../src/memory-trim';
 import { cleanUpAndAssertNothingLeft, serverMemory, serverMetric } from '../support/server-process';
 import { portForwardUrls, runEchoLoad } from '../support/spdy-load';
 import { until } from '../support/until';
 
 const skip = rootSkipReason();
 const TRIMS = 'cri_portforward_memory_trims_total';
-/** The server waits 2 s of quiet; this leaves room for a loaded machine's late timer. */
-const QUIET_WAIT_MS = 4_000;
+/** The server waits TRIM_DELAY_MS of quiet; this leaves room for a loaded machine's late timer. */
+const QUIET_WAIT_MS = TRIM_DELAY_MS + 2_000;
 
 describe('memory trim after a burst', { skip }, () => {
   let world: AppSandbox;
@@ -49,7 +49,7 @@ describe('memory trim after a burst', { skip }, () => {
     // the burst, by the trim or by itself (V8 and glibc often give the pages back first, and
     // then no trim is done, rightly).
     const near = (): boolean => serverMemory(server).rssBytes - before < TRIM_WORTH_BYTES;
-    await until('a trim, or RSS back near its level before the burst', async () => (await serverMetric(server, TRIMS)) === 1 || near(), { timeoutMs: 15_000, intervalMs: 200 });
+    await until('a trim, or RSS back near its level before the burst', async () => (await serverMetric(server, TRIMS)) === 1 || near(), { timeoutMs: TRIM_DELAY_MS + 13_000, intervalMs: 200 });
     const after = serverMemory(server);
     assert.ok(after.peakRssBytes - before >= TRIM_WORTH_BYTES, `the burst raised RSS by ${(after.peakRssBytes - before) >> 20} MiB: too little to test a trim`);
     assert.ok(near() || after.peakRssBytes - after.rssBytes >= TRIM_WORTH_BYTES, `before ${before >> 20} MiB, peak ${after.peakRssBytes >> 20} MiB, now ${after.rssBytes >> 20} MiB (${atEnd >> 20} MiB at the burst's end)`);
