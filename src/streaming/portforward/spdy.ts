@@ -161,7 +161,6 @@ export class SpdyPortForwardSession {
     return { grant: this.#grant, port, client: dataStream, protocol: this.#protocol, isAborted: () => this.#session.isEnded, onPiped };
   }
 
-
   #forwarded(forward: Forward, verdict: ForwardVerdict): void {
     this.#forwards.delete(forward);
     const { error: errorStream, data: dataStream } = forward;
