@@ -11,7 +11,8 @@ import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
 import { DialError, Forwarder } from '../../src/netns/forwarder';
 import { EmbeddedSandboxStore } from '../../src/sandbox/embedded';
-import { POD_BULK_READ_BUFFER_BYTES, POD_WRITE_HIGH_WATER_MARK } from '../../src/pipe';
+import { Duplex } from 'node:stream';
+import { idleReadBufferCount, Pipe, POD_BULK_READ_BUFFER_BYTES, POD_WRITE_HIGH_WATER_MARK } from '../../src/pipe';
 import { startPodApp, type PodApp } from '../support/apps';
 import { dialMany, runEmbeddedSandbox } from '../support/embedded';
 import { mountsUnder } from '../support/mounts';
@@ -327,6 +328,40 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     await deaf.stop();
     assert.equal((await forwarded.result).outcome, 'pod-error');
     forwarded.client.destroy();
+  });
+
+  it('hands a read buffer to the next connection only once nothing can write from it', async () => {
+    const echo = await app(netnsPath, 'echo');
+    // A connection that ended cleanly: its buffer waits for the next pipe, which takes it.
+    const first = await harness.forward(forwarder, sandboxId, echo.port);
+    assert.equal((await echoRoundTrip(first, Buffer.from('one'))).toString(), 'one');
+    assert.equal((await first.result).outcome, 'done');
+    const idle = idleReadBufferCount();
+    assert.ok(idle >= 1, 'the ended pipe gave its buffer back');
+    const second = await harness.forward(forwarder, sandboxId, echo.port);
+    assert.equal(idleReadBufferCount(), idle - 1, 'the next pipe took it');
+    assert.equal((await echoRoundTrip(second, Buffer.from('two'))).toString(), 'two');
+    await second.result;
+
+    // A client side whose write of the app's answer never completes: the pipe ends (the
+    // client side fails, the pod socket is destroyed) with a view of its buffer still
+    // queued there, so the buffer must not go to another connection, which would read over
+    // those bytes.
+    let pending: Buffer | undefined;
+    const stuck = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, _callback) {
+        pending = chunk;
+      },
+    });
+    const pipe = new Pipe(stuck, await forwarder.open(sandboxId, echo.port));
+    stuck.push('hello');
+    await until('the echo to be written to the stuck client', () => pending !== undefined);
+    const before = idleReadBufferCount();
+    stuck.destroy(new Error('client gone'));
+    assert.equal((await pipe.done).outcome, 'client-error');
+    assert.equal(idleReadBufferCount(), before, 'a buffer still held by a write is not handed on');
+    assert.equal(pending!.toString(), 'hello');
   });
 
   it('carries 1 GiB both ways through an echo app, sha256-equal', async () => {
