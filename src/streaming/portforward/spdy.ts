@@ -10,6 +10,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Socket } from 'node:net';
+import { ChurnMap } from '../../churn-map';
 import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
 import type { PodIdentity } from '../../policy/port-policy';
 import { holdReads, releaseReads, releaseSocket, socketFd } from '../../handover/sockets';
@@ -66,8 +67,9 @@ export class SpdyPortForwardSession {
   readonly #deps: ForwardDeps;
   readonly #grant: SessionGrant;
   readonly #session: SpdySession;
-  readonly #pairs = new Map<string, Pair>();
-  readonly #forwards = new Set<Forward>();
+  readonly #pairs = new ChurnMap<string, Pair>();
+  /** By data stream id. */
+  readonly #forwards = new ChurnMap<number, Forward>();
   readonly #connectionId = nextConnectionId++;
   readonly #protocol: string;
 
@@ -146,7 +148,7 @@ export class SpdyPortForwardSession {
 
   async #forward(errorStream: SpdyStream, dataStream: SpdyStream, port: number): Promise<void> {
     const forward: Forward = { error: errorStream, data: dataStream, port, started: Date.now() };
-    this.#forwards.add(forward);
+    this.#forwards.set(forward.data.id, forward);
     const verdict = await forwardConnection(
       this.#deps,
       this.#request(port, dataStream, (pipe, pod) => {
@@ -162,7 +164,7 @@ export class SpdyPortForwardSession {
   }
 
   #forwarded(forward: Forward, verdict: ForwardVerdict): void {
-    this.#forwards.delete(forward);
+    this.#forwards.delete(forward.data.id);
     const { error: errorStream, data: dataStream } = forward;
     // The text (if any) goes out before the data stream's reset, so kubectl has it when the
     // data stream fails; our half of the error stream ends either way.
@@ -189,19 +191,19 @@ export class SpdyPortForwardSession {
   /** One step towards quiet (see above): true once nothing is in flight and no dial under way. */
   quiesce(): boolean {
     if (!this.#podsFrozen) {
-      for (const forward of this.#forwards) if (forward.pipe === undefined || !forward.pipe.podBoundDrained) return false;
+      for (const forward of this.#forwards.values()) if (forward.pipe === undefined || !forward.pipe.podBoundDrained) return false;
       if (!this.#session.inboundDrained) return false;
-      for (const forward of this.#forwards) forward.pipe!.freeze();
+      for (const forward of this.#forwards.values()) forward.pipe!.freeze();
       this.#podsFrozen = true;
     }
-    for (const forward of this.#forwards) if (forward.pipe === undefined || !forward.pipe.isQuiet) return false;
+    for (const forward of this.#forwards.values()) if (forward.pipe === undefined || !forward.pipe.isQuiet) return false;
     return this.#session.isQuiet;
   }
 
   thaw(): void {
     this.#session.thaw();
     for (const pair of this.#pairs.values()) this.#armPairTimer(pair);
-    for (const forward of this.#forwards) forward.pipe?.thaw();
+    for (const forward of this.#forwards.values()) forward.pipe?.thaw();
     this.#podsFrozen = false;
   }
 
@@ -209,19 +211,19 @@ export class SpdyPortForwardSession {
     const now = Date.now();
     return {
       session: this.#session.exportState(),
-      pairs: [...this.#pairs.values()].map((p) => ({
+      pairs: this.#pairs.values().map((p) => ({
         requestId: p.requestId,
         ...(p.error ? { error: p.error.id } : {}),
         ...(p.data ? { data: p.data.id } : {}),
         remainingMs: Math.max(0, p.deadline - now),
       })),
-      forwards: [...this.#forwards].map((f) => ({ error: f.error.id, data: f.data.id, port: f.port, started: f.started, pod: f.pod!, pipe: f.pipe!.exportState(fds) })),
+      forwards: this.#forwards.values().map((f) => ({ error: f.error.id, data: f.data.id, port: f.port, started: f.started, pod: f.pod!, pipe: f.pipe!.exportState(fds) })),
     };
   }
 
   /** The new process owns the session: let go of the pod sockets; the front end lets go of the client's. */
   release(): void {
-    for (const forward of this.#forwards) forward.pipe?.release();
+    for (const forward of this.#forwards.values()) forward.pipe?.release();
     this.#deps.metrics.sessionsActive.dec({ protocol: this.#protocol });
   }
 
@@ -247,7 +249,7 @@ export class SpdyPortForwardSession {
       const data = claim(f.data);
       const pipe = new Pipe(data, fds[f.pipe.podFd]!, { graceMs: this.#deps.halfCloseGraceMs, budget: this.#deps.budget }, f.pipe);
       const forward: Forward = { error: claim(f.error), data, port: f.port, started: f.started, pipe, pod: f.pod };
-      this.#forwards.add(forward);
+      this.#forwards.set(forward.data.id, forward);
       this.#adoptedPipes.push(pipe);
       void pipeForward(this.#deps, this.#request(f.port, data), f.pod, pipe, f.started).then((verdict) => this.#forwarded(forward, verdict));
     }

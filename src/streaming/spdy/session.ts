@@ -11,6 +11,7 @@
 
 import type { Duplex } from 'node:stream';
 import { BudgetedBound, type BufferBudget } from '../../buffer-budget';
+import { ChurnMap } from '../../churn-map';
 import type { Logger } from '../../log';
 import {
   FLAG_FIN,
@@ -78,7 +79,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   readonly #out: FrameWriter;
   readonly #decoder: HeaderBlockDecoder;
   readonly #encoder: HeaderBlockEncoder;
-  readonly #streams = new Map<number, SpdyStream>();
+  readonly #streams = new ChurnMap<number, SpdyStream>();
   /**
    * What the parser waits for, if anything: a stream over its receive bound to be read.
    * While it waits its write callback is held, so the transport is paused once the
@@ -161,7 +162,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   }
 
   /** Every open stream (the port-forward layer finds those that are neither paired nor piped). */
-  get streams(): IterableIterator<SpdyStream> {
+  get streams(): SpdyStream[] {
     return this.#streams.values();
   }
 
@@ -206,7 +207,7 @@ export class SpdySession implements FrameSink, StreamOwner {
       ...(window === undefined ? {} : { inflateWindow: window.toString('base64') }),
       encoderStarted: this.#encoder.started,
       pending: this.#parser.pendingBytes().toString('base64'),
-      streams: [...this.#streams.values()].map((s) => ({ id: s.id, headers: [...s.headers], state: s.state, replied: s.replied })),
+      streams: this.#streams.values().map((s) => ({ id: s.id, headers: [...s.headers], state: s.state, replied: s.replied })),
     };
   }
 
@@ -502,7 +503,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#stallWatch.stop();
     this.#resumeTransport(); // read on (and drop) so that the peer's close is seen
     const gone = new Error(`SPDY session ended (${reason})`);
-    for (const stream of [...this.#streams.values()]) stream.destroy(gone);
+    for (const stream of this.#streams.values()) stream.destroy(gone);
     this.#streams.clear();
     if (reason !== 'closed' && reason !== 'protocol-error' && reason !== 'idle') this.#transport.destroy();
     this.#resolveEnded(reason);
