@@ -33,13 +33,12 @@
 // ways, with all the loans together bounded by --max-buffer-memory
 // (test/integration/pod-side.test.ts and buffer-budget.test.ts check these).
 
-import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
+import { closeSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
-import { getSystemErrorName } from 'node:util';
 import { BudgetedBound, type BufferBudget } from './buffer-budget';
 import { connectionEnded, connectionStarted } from './memory-trim';
 import { addon } from './netns/addon';
-import { holdReads, releaseReads, releaseSocket, socketFd } from './handover/sockets';
+import { PodSocket, socketError } from './pod-socket';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
 export const POD_READ_BUFFER_BYTES = 16 * 1024;
@@ -100,9 +99,6 @@ export interface PipeResult {
   bytesToClient: number;
 }
 
-/** @types/node 20 lacks `onread` on the constructor options, which Node 20 accepts. */
-type PodSocketOptions = SocketConstructorOpts & { onread: OnReadOpts; writableHighWaterMark: number; pauseOnCreate: boolean };
-
 /** A client side whose chunks are views of buffers it reuses once told (a SPDY stream). */
 type ReleasingDuplex = Duplex & { releaseChunk?(chunk: Buffer): void };
 
@@ -140,7 +136,7 @@ export class Pipe {
   /** Client -> pod bytes queued before the client is paused. */
   readonly #writeBound: BudgetedBound;
   /** The pod connection, the pipe's from construction (read-only access for tests). */
-  readonly pod: Socket;
+  readonly pod: PodSocket;
   #clientDone = false;
   #podDone = false;
   #podReadBlocked = false;
@@ -151,8 +147,6 @@ export class Pipe {
   /** When a byte last moved in the direction still open (Date.now(), only while in grace). */
   #lastMovedAt = 0;
   #graceTimer: NodeJS.Timeout | undefined;
-  /** After the pipe ended: destroys a pod socket that does not take its last bytes in the grace. */
-  #podCloseTimer: NodeJS.Timeout | undefined;
   #result: PipeResult | undefined;
   #bytesToPod = 0;
   #bytesToClient = 0;
@@ -178,18 +172,20 @@ export class Pipe {
     this.#readBound = new BudgetedBound(options.budget, POD_READ_BUFFER_BYTES, POD_BULK_READ_BUFFER_BYTES);
     this.#writeBound = new BudgetedBound(options.budget, POD_WRITE_BASE_BYTES, POD_WRITE_HIGH_WATER_MARK);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
-    const podOptions: PodSocketOptions = {
-      fd: podFd,
-      readable: true,
-      writable: true,
-      allowHalfOpen: true,
-      // An adopted pipe reads nothing before start(): the old process may still take it back.
-      pauseOnCreate: adopted !== undefined,
-      // write() says false past the base; the budget then decides whether to go on.
-      writableHighWaterMark: POD_WRITE_BASE_BYTES,
-      onread: { buffer: this.#nextPodBuffer, callback: this.#onPodRead },
-    };
-    const pod = new Socket(podOptions);
+    let pod: PodSocket;
+    try {
+      pod = new PodSocket(
+        podFd,
+        this.#podBuffer,
+        { onRead: this.#onPodRead, onEnd: this.#onPodEnd, onError: this.#onPodError, onDrain: this.#onPodDrain },
+        // write() says false past the base; the budget then decides whether to go on. An
+        // adopted pipe reads nothing before start(): the old process may still take it back.
+        { highWaterMark: POD_WRITE_BASE_BYTES, paused: adopted !== undefined },
+      );
+    } catch (err) {
+      closeSync(podFd);
+      throw err;
+    }
     this.pod = pod;
     if (adopted !== undefined) {
       this.#clientDone = adopted.clientDone;
@@ -200,10 +196,6 @@ export class Pipe {
       this.#lastMovedAt = Date.now() - adopted.idleMs;
       this.#frozen = true;
     }
-    pod.on('error', this.#onPodError);
-    pod.on('end', this.#onPodEnd);
-    pod.on('close', this.#onPodClose);
-    pod.on('drain', this.#onPodDrain);
     client.on('error', this.#onClientError);
     if (client.destroyed) {
       // The client went away while the pod was being dialled.
@@ -223,7 +215,7 @@ export class Pipe {
     if (this.#result !== undefined) return;
     this.#frozen = true;
     this.#frozenAt = Date.now();
-    holdReads(this.pod);
+    this.pod.holdReads();
     if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
     this.#graceTimer = undefined;
   }
@@ -241,7 +233,7 @@ export class Pipe {
 
   /** The state to hand over; the pod socket's fd goes to `fds`. */
   exportState(fds: number[]): PipeState {
-    fds.push(socketFd(this.pod));
+    fds.push(this.pod.fd);
     const idleMs = this.#inGrace ? this.#frozenAt - this.#lastMovedAt : 0;
     return { podFd: fds.length - 1, clientDone: this.#clientDone, podDone: this.#podDone, inGrace: this.#inGrace, idleMs, bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
   }
@@ -250,7 +242,7 @@ export class Pipe {
   thaw(): void {
     if (!this.#frozen) return;
     this.#frozen = false;
-    releaseReads(this.pod);
+    this.pod.releaseReads();
     if (this.#frozenAt !== 0) this.#lastMovedAt += Date.now() - this.#frozenAt; // not idle while frozen
     this.#frozenAt = 0;
     if (this.#result !== undefined) return;
@@ -272,7 +264,7 @@ export class Pipe {
   /** The old process, once the new one owns this connection: let go of the socket without a word on the wire. */
   release(): void {
     this.#result ??= { outcome: 'closed', bytesToPod: this.#bytesToPod, bytesToClient: this.#bytesToClient };
-    releaseSocket(this.pod);
+    this.pod.release();
     connectionEnded();
   }
 
@@ -282,9 +274,6 @@ export class Pipe {
   }
 
   // pod -> client ---------------------------------------------------------------------
-
-  /** Node asks for the buffer of every read: the same one, unless its size changed. */
-  readonly #nextPodBuffer = (): Buffer => this.#podBuffer;
 
   readonly #onPodRead = (nread: number, buffer: Buffer): boolean => {
     if (this.#result !== undefined) return false;
@@ -307,12 +296,14 @@ export class Pipe {
       this.#shortReads = 0;
       if (size < POD_BULK_READ_BUFFER_BYTES && this.#readBound.grow()) {
         this.#podBuffer = Buffer.allocUnsafe(POD_BULK_READ_BUFFER_BYTES);
+        this.pod.setReadBuffer(this.#podBuffer);
       }
     } else if (size > POD_READ_BUFFER_BYTES && nread < SHORT_READ_BYTES) {
       if (++this.#shortReads >= SHRINK_AFTER_SHORT_READS) {
         this.#shortReads = 0;
         this.#readBound.release();
         this.#podBuffer = takeReadBuffer();
+        this.pod.setReadBuffer(this.#podBuffer);
       }
     }
   }
@@ -327,7 +318,7 @@ export class Pipe {
   readonly #onPodEnd = (): void => {
     const errno = addon.takeSocketError(this.#podFd);
     if (errno !== 0) {
-      this.#finish('pod-error', socketError(errno));
+      this.#finish('pod-error', socketError(-errno, 'read'));
       return;
     }
     this.#podDone = true;
@@ -419,13 +410,6 @@ export class Pipe {
   readonly #onPodError = (err: Error): void => this.#finish('pod-error', err);
   readonly #onClientError = (err: Error): void => this.#finish('client-error', err);
 
-  // A side that closes without an error or its end was destroyed: the pipe cannot go on.
-  readonly #onPodClose = (): void => {
-    if (this.#podCloseTimer !== undefined) clearTimeout(this.#podCloseTimer);
-    this.#podCloseTimer = undefined;
-    if (this.#result === undefined && (!this.#podDone || !this.#clientDone)) this.#finish('pod-error', new Error('pod connection closed'));
-  };
-
   readonly #onClientClose = (): void => {
     if (!this.#podDone || !this.#clientDone) this.#finish('client-closed');
   };
@@ -441,10 +425,11 @@ export class Pipe {
     connectionEnded();
     if (outcome === 'grace-expired') {
       this.#endCleanly();
-    } else if (outcome === 'client-closed') {
-      // The client is gone without an error: what it sent is still delivered, then FIN.
+    } else if (outcome === 'done' || outcome === 'client-closed') {
+      // Done: our FIN may still wait behind what is queued for the app. Client-closed: the
+      // client is gone without an error, what it sent is still delivered. Then FIN, close.
       this.#endPodSoon();
-    } else if (outcome !== 'done') {
+    } else {
       // The side that failed is passed the other's error, so a protocol layer can tell a
       // reset (pod-error: the client stream is destroyed with the pod's error) from a close.
       this.pod.destroy();
@@ -477,27 +462,8 @@ export class Pipe {
 
   // FIN after what is queued for the app, then close. An app that does not take what is
   // queued gets the grace, then the socket is destroyed: the pipe has ended, nobody waits.
-  // The timer is the pipe's and goes when the socket closes: left to run its second, it kept
-  // every such socket alive past a scavenge, and a churn of kubectl connections (which mostly
-  // end this way) promoted about 3 MiB/s of them, a full GC every 0.7 s.
   #endPodSoon(): void {
-    const pod = this.pod;
-    pod.end();
-    pod.destroySoon();
-    if (!pod.destroyed) this.#podCloseTimer = setTimeout(this.#destroyPod, this.#graceMs).unref();
+    this.pod.destroySoon(this.#graceMs);
   }
-
-  readonly #destroyPod = (): void => {
-    this.#podCloseTimer = undefined;
-    this.pod.destroy();
-  };
 }
 
-function socketError(errno: number): NodeJS.ErrnoException {
-  const code = getSystemErrorName(-errno);
-  const err: NodeJS.ErrnoException = new Error(`read ${code}`);
-  err.code = code;
-  err.errno = -errno;
-  err.syscall = 'read';
-  return err;
-}

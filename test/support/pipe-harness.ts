@@ -4,13 +4,15 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Forwarder } from '../../src/netns/forwarder';
 import { Pipe, type PipeResult } from '../../src/pipe';
+import type { PodSocket } from '../../src/pod-socket';
 
 export interface Forwarded {
   /** The test's own client socket (allowHalfOpen). */
   client: Socket;
   /** The server side of the client connection, which the pipe owns. */
   clientSide: Socket;
-  pod: Socket;
+  /** The pipe's pod connection. */
+  pod: PodSocket;
   result: Promise<PipeResult>;
 }
 
