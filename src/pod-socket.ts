@@ -390,8 +390,8 @@ export class PodSocket {
   /** libuv is done with a write (done, failed or cancelled). */
   completed(req: WriteReq, status: number): void {
     this.#inFlight--;
-    this.#written(req);
     if (status < 0 && status !== UV_ECANCELED && !this.#destroyed) this.#fail(socketError(status, 'write'));
+    this.#written(req);
   }
 
   #written(req: WriteReq): void {
