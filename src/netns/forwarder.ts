@@ -60,6 +60,12 @@ export class Forwarder {
     }
   }
 
+  /** The sandbox, if the resolver knows it ready right now (no await); else use resolve(). */
+  peek(sandboxId: string): ResolvedSandbox | undefined {
+    const sandbox = this.#resolver.peek?.(sandboxId);
+    return sandbox?.ready === true ? sandbox : undefined;
+  }
+
   /** The sandbox a forward dials into; a sandbox gone or stopped is a DialError. */
   async resolve(sandboxId: string): Promise<ResolvedSandbox> {
     let sandbox: ResolvedSandbox | undefined;

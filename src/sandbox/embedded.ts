@@ -175,6 +175,11 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   }
 
   async resolve(id: string): Promise<ResolvedSandbox | undefined> {
+    return this.peek(id);
+  }
+
+  /** The store is in memory: always known now. */
+  peek(id: string): ResolvedSandbox | undefined {
     const record = this.#lookup(id);
     if (record === undefined) return undefined;
     let ports = this.#ports.get(record);

@@ -39,6 +39,11 @@ export class CachingSandboxResolver implements SandboxResolver {
     return this.#cache.fetch(id);
   }
 
+  /** A remembered answer younger than the refresh age; else undefined (resolve() then refreshes). */
+  peek(id: string): ResolvedSandbox | undefined {
+    return this.#cache.peek(id, { allowStale: false });
+  }
+
   forget(id: string): void {
     this.#cache.delete(id);
   }

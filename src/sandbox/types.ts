@@ -54,6 +54,11 @@ export interface ResolvedSandbox {
 export interface SandboxResolver {
   /** undefined when no such sandbox exists. */
   resolve(id: string): Promise<ResolvedSandbox | undefined>;
+  /**
+   * What is known of it right now, without asking anyone: a fresh remembered answer, or
+   * undefined (then resolve() decides). Saves a forwarded connection a promise and an await.
+   */
+  peek?(id: string): ResolvedSandbox | undefined;
   /** A resolver that remembers sandboxes drops what it knows of this one (its netns went away). */
   forget?(id: string): void;
 }

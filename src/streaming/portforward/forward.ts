@@ -72,7 +72,7 @@ export async function forwardConnection(deps: ForwardDeps, request: ForwardReque
   let sandbox: ResolvedSandbox | undefined;
   let podFd: number;
   try {
-    sandbox = await deps.forwarder.resolve(sandboxId);
+    sandbox = deps.forwarder.peek(sandboxId) ?? (await deps.forwarder.resolve(sandboxId));
     const refusal = deps.policy.refusal(sandbox.pod, sandbox.ports, port);
     if (refusal !== undefined) {
       deps.metrics.policyDenied.inc({ reason: refusal.reason });
