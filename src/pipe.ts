@@ -15,11 +15,11 @@
 //   An app's reset that libuv reports as EOF (it arrived behind data in flight) is found
 //   through SO_ERROR and treated as the reset it is.
 //
-// The pipe owns the pod socket from birth: it is made from the dialled fd in the
-// constructor, because `onread` (below) can only be given when a socket is created.
+// The pipe owns the pod socket from birth: a PodSocket made from the dialled fd in the
+// constructor (Node's TCP handle without net.Socket, src/pod-socket.ts).
 //
-// Hot path: the pod socket reads into a buffer owned by the pipe (net.Socket `onread`),
-// so pod -> client costs no allocation but the view Node needs for each write. The buffer
+// Hot path: the pod socket reads into a buffer owned by the pipe, so pod -> client costs
+// no allocation but the view Node needs for each write. The buffer
 // is reused only once the client has taken the previous chunk: while a write is pending
 // the pod socket does not read. This relies on the Writable contract that a stream does
 // not touch a chunk after calling its write callback.

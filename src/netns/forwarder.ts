@@ -1,8 +1,8 @@
 // Forwarder: the only place that turns "a port of a sandbox" into a connected socket. It
 // resolves the sandbox and lets the native addon dial localhost inside the sandbox's
-// network namespace (127.0.0.1 first, then ::1, as containerd does). It hands back the fd,
-// not a net.Socket: the pipe that will own the socket creates it with its own read buffer
-// (`onread` can only be given at construction). Streaming code never sees a namespace.
+// network namespace (127.0.0.1 first, then ::1, as containerd does). It hands back the fd:
+// the pipe that will own the connection drives it with its own read buffer (PodSocket).
+// Streaming code never sees a namespace.
 
 import { getSystemErrorMap } from 'node:util';
 import { errorMessage } from '../errors';
@@ -40,7 +40,7 @@ export class Forwarder {
 
   /**
    * The fd of a TCP socket connected to localhost:port inside the sandbox. The caller owns
-   * it: the pipe wraps it in the net.Socket it reads and writes (Pipe), or closes it.
+   * it: the pipe drives it (Pipe, through a PodSocket), or closes it.
    */
   async open(sandboxId: string, port: number): Promise<number> {
     return this.connect(await this.resolve(sandboxId), port);
