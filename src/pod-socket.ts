@@ -297,18 +297,12 @@ export class PodSocket {
   }
 
   /**
-   * An upgrade's old process: close this process's copy of the fd and nothing else (no FIN,
-   * no reset, no callback); the new process has the connection.
+   * An upgrade's old process: close this process's copy of the fd. The same close as
+   * destroy(), and as silent on the wire: the new process holds the connection (its own fd
+   * for it), so the kernel sends no FIN and no reset.
    */
   release(): void {
-    if (this.#destroyed) return;
-    this.#destroyed = true;
-    if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
-    this.#graceTimer = undefined;
-    this.#stopReading();
-    this.#dropQueue();
-    this.#handle.onread = noop;
-    this.#handle.close();
+    this.destroy();
   }
 
   // reads ------------------------------------------------------------------------------
