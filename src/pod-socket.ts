@@ -151,7 +151,7 @@ export class PodSocket {
   #corked = false;
   /** Bytes queued or being written. */
   #pendingBytes = 0;
-  /** Writes libuv still has. */
+  /** Writes libuv still has: 0 or 1. */
   #inFlight = 0;
   #needDrain = false;
   #ending = false;
@@ -347,9 +347,13 @@ export class PodSocket {
 
   // writes -----------------------------------------------------------------------------
 
+  // One write at a time, as net.Socket does: what is written while one is with libuv waits
+  // here and leaves with the next. Handing each turn's writev to libuv at once queued them
+  // there one behind the other, each its own syscall and completion callback (a 1 GiB
+  // upload through one pipe: 2.7x socat's CPU).
   #flush(): void {
     const queue = this.#queue;
-    if (queue.length === 0 || this.#destroyed) return;
+    if (queue.length === 0 || this.#inFlight !== 0 || this.#destroyed) return;
     const req = new binding.WriteWrap();
     req.handle = this.#handle;
     req.oncomplete = onWriteComplete;
@@ -386,6 +390,7 @@ export class PodSocket {
     this.#inFlight--;
     if (status < 0 && status !== UV_ECANCELED && !this.#destroyed) this.#fail(socketError(status, 'write'));
     this.#written(req);
+    if (!this.#corked || this.#ending) this.#flush();
   }
 
   #written(req: WriteReq): void {
