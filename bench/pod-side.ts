@@ -84,19 +84,7 @@ export async function transfer(hop: Hop, direction: Direction, bytes: number): P
       port = JSON.parse((await iter.next()).value as string).port;
       relayCpu = iter.next().then((r) => JSON.parse(r.value as string).cpuSeconds as number);
     } else if (hop === 'socat') {
-      port = 20000 + Math.floor(Math.random() * 20000);
-      // bash's `times` prints the CPU of its finished children: socat's own user+sys.
-      const relay = spawn('bash', ['-c', `socat -b1048576 TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr TCP:127.0.0.1:${app.port}; times`], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      let out = '';
-      relay.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      relayCpu = once(relay, 'exit').then(() => {
-        const children = out.trim().split('\n')[1] ?? '';
-        const [user, system] = [...children.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
-        return (user ?? NaN) + (system ?? NaN);
-      });
-      await waitForListener(port);
+      ({ port, relayCpu } = await startSocat(app.port));
     }
     const done = await runLoad(direction, port, bytes);
     if (done.bytes !== bytes) throw new Error(`${hop} ${direction}: moved ${done.bytes} of ${bytes} bytes`);
@@ -108,9 +96,35 @@ export async function transfer(hop: Hop, direction: Direction, bytes: number): P
   }
 }
 
-async function waitForListener(port: number): Promise<void> {
-  // Probe with ss rather than a connection: socat without fork serves one connection only.
-  await until(`socat to listen on ${port}`, () => execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '', {
-    timeoutMs: 2_000,
-  });
+/**
+ * A socat relay hop to `target`, listening on a port of its own: one below the kernel's
+ * ephemeral range (32768 up), and another one if socat could not bind it (a run's earlier
+ * connections hold ports too). Resolves once it listens; relayCpu once it has exited.
+ */
+async function startSocat(target: number): Promise<{ port: number; relayCpu: Promise<number> }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = 10000 + Math.floor(Math.random() * 20000);
+    // bash's `times` prints the CPU of its finished children: socat's own user+sys.
+    const relay = spawn('bash', ['-c', `socat -b1048576 TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr TCP:127.0.0.1:${target}; times`], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    relay.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = once(relay, 'exit');
+    let gone = false;
+    void exited.then(() => (gone = true));
+    // Probe with ss rather than a connection: socat without fork serves one connection only.
+    const listening = (): boolean => execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' }).trim() !== '';
+    await until(`socat to listen on ${port} (or to exit)`, () => gone || listening(), { timeoutMs: 2_000 });
+    if (gone) {
+      if (attempt === 5) throw new Error(`socat could not listen on 5 ports in a row (last ${port})`);
+      continue;
+    }
+    const relayCpu = exited.then(() => {
+      const children = out.trim().split('\n')[1] ?? '';
+      const [user, system] = [...children.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]));
+      return (user ?? NaN) + (system ?? NaN);
+    });
+    return { port, relayCpu };
+  }
 }
