@@ -183,6 +183,7 @@ export class Pipe {
         { highWaterMark: POD_WRITE_BASE_BYTES, paused: adopted !== undefined },
       );
     } catch (err) {
+      connectionEnded();
       closeSync(podFd);
       throw err;
     }
