@@ -21,7 +21,7 @@
 // Hot path: the pod socket reads into a buffer owned by the pipe, so pod -> client costs
 // no allocation but the view Node needs for each write. The buffer
 // is reused only once the client has taken the previous chunk: while a write is pending
-// the pod socket does not read. This relies on the Writable contract that a stream does
+// the pod socket does not read (a SPDY stream takes a small chunk at once: it copies it). This relies on the Writable contract that a stream does
 // not touch a chunk after calling its write callback.
 //
 // Memory bound per pipe, beyond kernel socket buffers: pod -> client holds one read buffer

@@ -1,63 +1,153 @@
 // Our side of a SPDY session on its transport. Frames written during one event-loop turn
 // (the SYN_REPLYs for a chunk of SYN_STREAMs; the DATA and FIN of every pod read of one
-// poll phase, for every stream) leave in one writev when the turn ends: the transport is
-// corked at the first frame and uncorked in setImmediate, which runs right after the poll
-// phase, so nothing waits for a timer or a later turn. A write per frame was an eighth of
-// the server's CPU per new connection (the syscall and Writable's bookkeeping).
+// poll phase, for every stream) leave together when the turn ends, in setImmediate, which
+// runs right after the poll phase, so nothing waits for a timer or a later turn.
+//
+// Control frames, DATA headers and small payloads are copied into a buffer the writer owns
+// (the slab), so a turn of a port-forward connection's frames is one transport write of one
+// buffer. Before, each frame was its own Writable write on the corked transport, and each
+// small payload held the pod socket's read buffer until the transport had written it, so
+// the pipe stopped reading the pod after every reply and started again (two epoll_ctl
+// calls and a read syscall more per connection). A copied payload is taken at once: its
+// callback runs before data() returns. Bulk payloads are not copied: they are written as
+// views, and their callback waits for the transport, which is what paces a pod that
+// sends faster than the client reads. Copying stops too while the transport has a backlog,
+// so a client that does not read stops the pod however small its reads.
 
 import type { Duplex } from 'node:stream';
-import { MAX_DATA_FRAME_BYTES } from './constants';
-import { dataFrameHeader } from './frames';
+import { FLAG_FIN, FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES } from './constants';
 
 type WriteCallback = (err?: Error | null) => void;
 
+/** A DATA payload up to this size is copied (an interactive reply, a request, a line). */
+export const COPIED_PAYLOAD_BYTES = 4 * 1024;
+/** Bytes copied but not yet written by the transport past which payloads go as views again. */
+const COPY_BACKLOG_BYTES = 64 * 1024;
+/** The slab's size: about a hundred connections' frames (a SYN_REPLY is 14-20 bytes); then a new one. */
+const SLAB_BYTES = 16 * 1024;
+
 export class FrameWriter {
   readonly #transport: Duplex;
-  #corked = false;
+  /** Where frames are copied; [#start, #end) is this turn's, not yet given to the transport. */
+  #slab: Buffer | undefined;
+  #start = 0;
+  #end = 0;
+  /** This turn's output before the slab's current bytes, in order (only when a view or a new slab came in between). */
+  readonly #segments: Buffer[] = [];
+  readonly #segmentCallbacks: (WriteCallback | undefined)[] = [];
+  #scheduled = false;
 
   constructor(transport: Duplex) {
     this.#transport = transport;
   }
 
-  /** A control frame, or a DATA header with no payload. */
-  send(frame: Buffer, callback?: WriteCallback): void {
-    this.#corkForTurn();
-    this.#transport.write(frame, callback);
+  /** A control frame, built whole by the caller; copied. */
+  send(frame: Buffer): void {
+    frame.copy(this.#reserve(frame.length), this.#end);
+    this.#end += frame.length;
+  }
+
+  /** An empty DATA frame with FIN. */
+  fin(streamId: number): void {
+    this.#header(streamId, 0, FLAG_FIN);
   }
 
   /**
-   * DATA for one stream. The payload is the caller's, never copied; `callback` runs once
-   * the transport has taken it. A chunk longer than a frame can say (24 bits) goes out as
-   * several frames.
+   * DATA for one stream. `callback` runs once the payload is ours or the transport's to
+   * write: at once for a copied payload, else when the transport has taken the view (the
+   * caller must not touch the chunk before). A chunk longer than a frame can say (24 bits)
+   * goes out as several frames.
    */
   data(streamId: number, chunk: Buffer, callback: WriteCallback): void {
-    this.#corkForTurn();
-    const transport = this.#transport;
+    if (chunk.length <= COPIED_PAYLOAD_BYTES && this.#backlog() < COPY_BACKLOG_BYTES) {
+      this.#header(streamId, chunk.length, 0);
+      chunk.copy(this.#slab!, this.#end); // #header reserved room for the payload too
+      this.#end += chunk.length;
+      callback();
+      return;
+    }
     let offset = 0;
     while (chunk.length - offset > MAX_DATA_FRAME_BYTES) {
-      transport.write(dataFrameHeader(streamId, MAX_DATA_FRAME_BYTES, false));
-      transport.write(chunk.subarray(offset, offset + MAX_DATA_FRAME_BYTES));
+      this.#header(streamId, MAX_DATA_FRAME_BYTES, 0);
+      this.#view(chunk.subarray(offset, offset + MAX_DATA_FRAME_BYTES), undefined);
       offset += MAX_DATA_FRAME_BYTES;
     }
     const last = offset === 0 ? chunk : chunk.subarray(offset);
-    transport.write(dataFrameHeader(streamId, last.length, false));
-    transport.write(last, callback);
+    this.#header(streamId, last.length, 0);
+    this.#view(last, callback);
   }
 
   /** Frames wait for the end of this turn (an upgrade waits for them to leave). */
   get pending(): boolean {
-    return this.#corked;
+    return this.#scheduled;
   }
 
-  #corkForTurn(): void {
-    if (this.#corked) return;
-    this.#corked = true;
-    this.#transport.cork();
-    setImmediate(this.#uncork);
+  // A DATA header; room is reserved for a payload that will be copied after it.
+  #header(streamId: number, length: number, flags: number): void {
+    const copied = length <= COPIED_PAYLOAD_BYTES ? length : 0;
+    const slab = this.#reserve(FRAME_HEADER_BYTES + copied);
+    const at = this.#end;
+    slab.writeUInt32BE(streamId & 0x7fffffff, at);
+    slab.writeUInt32BE(((flags << 24) | length) >>> 0, at + 4);
+    this.#end = at + FRAME_HEADER_BYTES;
   }
 
-  readonly #uncork = (): void => {
-    this.#corked = false;
-    this.#transport.uncork();
+  #view(chunk: Buffer, callback: WriteCallback | undefined): void {
+    this.#cutSegment();
+    this.#segments.push(chunk);
+    this.#segmentCallbacks.push(callback);
+  }
+
+  // What the slab holds of this turn goes to the segments (a view is to follow it).
+  #cutSegment(): void {
+    if (this.#end === this.#start) return;
+    this.#segments.push(this.#slab!.subarray(this.#start, this.#end));
+    this.#segmentCallbacks.push(undefined);
+    this.#start = this.#end;
+  }
+
+  /** The slab with `bytes` free at #end, the turn's flush scheduled. */
+  #reserve(bytes: number): Buffer {
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(this.#flush);
+    }
+    let slab = this.#slab;
+    if (slab !== undefined && slab.length - this.#end >= bytes) return slab;
+    this.#cutSegment();
+    // Bytes once given to the transport are never written over: a transport may hold them
+    // after its callback (a PassThrough does). The old slab is left to those writes.
+    slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, bytes));
+    this.#slab = slab;
+    this.#start = this.#end = 0;
+    return slab;
+  }
+
+  #backlog(): number {
+    return this.#transport.writableLength + this.#end - this.#start;
+  }
+
+  /** Write this turn's frames now (the session is about to end its transport). */
+  flush(): void {
+    this.#flush();
+  }
+
+  readonly #flush = (): void => {
+    this.#scheduled = false;
+    const transport = this.#transport;
+    const segments = this.#segments;
+    if (segments.length === 0) {
+      if (this.#end === this.#start) return;
+      transport.write(this.#slab!.subarray(this.#start, this.#end));
+    } else {
+      this.#cutSegment();
+      const callbacks = this.#segmentCallbacks;
+      transport.cork();
+      for (let i = 0; i < segments.length; i++) transport.write(segments[i]!, callbacks[i]);
+      transport.uncork();
+      segments.length = 0;
+      callbacks.length = 0;
+    }
+    this.#start = this.#end;
   };
 }

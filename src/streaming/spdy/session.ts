@@ -22,7 +22,7 @@ import {
   RstCode,
 } from './constants';
 import { ProtocolError } from './errors';
-import { dataFrameHeader, goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
+import { goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
 import { FrameWriter } from './frame-writer';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
@@ -254,7 +254,8 @@ export class SpdySession implements FrameSink, StreamOwner {
   /** End the session: GOAWAY, then the transport is closed. */
   close(status: GoAwayStatus = GoAwayStatus.Ok, reason: SessionEndReason = 'closed'): void {
     if (this.#endReason !== undefined) return;
-    this.#transport.write(goAwayFrame(this.#lastPeerStreamId, status));
+    this.#out.send(goAwayFrame(this.#lastPeerStreamId, status));
+    this.#out.flush(); // after this turn's frames, before the end
     this.#transport.end();
     const linger = setTimeout(() => this.#transport.destroy(), GOAWAY_LINGER_MS);
     linger.unref();
@@ -419,8 +420,9 @@ export class SpdySession implements FrameSink, StreamOwner {
     }
     if (!stream.replied) this.reply(stream);
     stream.localFin();
-    this.#out.send(dataFrameHeader(stream.id, 0, true), callback);
+    this.#out.fin(stream.id);
     this.#forgetIfClosed(stream);
+    callback();
   }
 
   streamWantsData(stream: SpdyStream): void {
