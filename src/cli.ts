@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // cri-portforward command line: `serve` runs the CRI and streaming servers.
 
+// First: V8's tiering flag must be set before the server's code starts running.
+import './tiering';
 import { parseArgs } from 'node:util';
 import { startServer } from './app';
 import { buildConfig, ConfigError, SERVE_FLAGS, type RawFlags } from './config';
