@@ -12,6 +12,7 @@ import { containerdPodConfig, removeAllSandboxes, startContainerd } from '../tes
 import { sandboxNetns, type CriTestClient } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startProxy, stopProxy } from '../test/support/proxy';
+import { serverMetric } from '../test/support/server-process';
 import { medians, MEASUREMENTS, TRANSFER_BYTES, type Figures, type Pod, type Side } from './proxy-rounds';
 import { ECHO_BYTES } from './echo-client';
 import { median } from './stats';
@@ -24,6 +25,8 @@ export interface ProxyBench {
   containerd: Figures;
   listP50AddedMs: number;
   listRateRatio: number;
+  /** Memory trims our server did during the rounds (each makes the next session compile its data path again). */
+  ourTrims: number;
 }
 
 async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: number }> {
@@ -53,6 +56,10 @@ async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ cont
     }
     runs.containerd.push(figures.containerd);
     runs.ours.push(figures.ours);
+    // Each round's own figures, for the scatter behind the medians (stdout has the table).
+    const line = (f: Partial<Figures>): string =>
+      `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us`;
+    process.stderr.write(`proxy round ${round}: ours ${line(figures.ours)}; containerd ${line(figures.containerd)}\n`);
   }
   return runs;
 }
@@ -77,6 +84,7 @@ export async function proxyBench(): Promise<ProxyBench> {
       { api: apiOurs, kubeconfigDir: server.dir, serverPid: server.proc.pid!, upstreamPid: containerd.pid },
       pod,
     );
+    const ourTrims = await serverMetric(server, 'cri_portforward_memory_trims_total');
     const listDirect = await listLatencies(direct);
     const listProxy = await listLatencies(viaProxy);
     return {
@@ -84,6 +92,7 @@ export async function proxyBench(): Promise<ProxyBench> {
       containerd: medians(runs.containerd),
       listP50AddedMs: listProxy.p50 - listDirect.p50,
       listRateRatio: listProxy.rate / listDirect.rate,
+      ourTrims,
     };
   } finally {
     for (const app of apps) await app.stop();

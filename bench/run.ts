@@ -168,7 +168,7 @@ async function proxyRows(): Promise<Row[]> {
     process.stderr.write('skipping the proxy benchmark: a private containerd needs root\n');
     return [];
   }
-  const { ours, containerd: theirs, listP50AddedMs, listRateRatio } = await proxyBench();
+  const { ours, containerd: theirs, listP50AddedMs, listRateRatio, ourTrims } = await proxyBench();
   // Each figure for both sides, then ours / containerd's with its goal.
   const versus = (what: string, pick: (f: typeof ours) => number, unit: string, digits: number | 'int', goal: string, ratioName: string): Row[] => {
     const value = (f: typeof ours): number => (digits === 'int' ? Math.round(pick(f)) : round(pick(f), digits));
@@ -201,6 +201,7 @@ async function proxyRows(): Promise<Row[]> {
     ...versus('64 B round trip p99', (f) => f.p99Us, 'us', 'int', '<= 1.0', 'round trip p99 ours / containerd'),
     { name: 'proxy: ListPodSandbox p50 added', value: round(listP50AddedMs, 3), unit: 'ms' },
     { name: 'proxy: ListPodSandbox RPCs/s ours / direct', value: round(listRateRatio), unit: 'ratio', goal: '>= 0.8' },
+    { name: 'proxy: memory trims in our server during the rounds', value: ourTrims, unit: 'count' },
   ];
 }
 
