@@ -45,10 +45,20 @@ const collect: (() => void) | undefined = (() => {
   }
 })();
 
+/**
+ * A first connection after this much quiet starts a burst: RSS then is the level the burst
+ * is measured from, if it is lower than what the last trim left. V8's own memory reducer
+ * often gives pages back in the quiet after our check, and a burst measured from the
+ * higher figure went untrimmed though it left RSS 16 MiB above where it had started.
+ */
+const BURST_AFTER_QUIET_MS = 1_000;
+
 let live = 0;
 let timer: NodeJS.Timeout | undefined;
-/** RSS when the first connection started (the server fully up), then after each trim. */
+/** RSS when the first connection started (the server fully up), after each trim, or lower at a burst's start. */
 let rssLeft: number | undefined;
+/** When the last connection ended (Date.now()). */
+let quietSince = 0;
 let trims = 0;
 
 function trimIfQuiet(): void {
@@ -73,13 +83,20 @@ export function memoryTrims(): number {
 
 /** A forwarded connection started. */
 export function connectionStarted(): void {
-  live++;
-  rssLeft ??= process.memoryUsage.rss();
+  if (live++ > 0) return;
+  // Only after a quiet while: a client that connects again at once starts no burst, and
+  // reading RSS is a read of /proc.
+  if (rssLeft === undefined || Date.now() - quietSince >= BURST_AFTER_QUIET_MS) {
+    const rss = process.memoryUsage.rss();
+    rssLeft = rssLeft === undefined ? rss : Math.min(rssLeft, rss);
+  }
 }
 
 /** A forwarded connection ended: once none is left, trim after a quiet while. */
 export function connectionEnded(): void {
-  if (--live > 0 || timer !== undefined) return;
+  if (--live > 0) return;
+  quietSince = Date.now();
+  if (timer !== undefined) return;
   timer = setTimeout(trimIfQuiet, TRIM_DELAY_MS);
   timer.unref();
 }
