@@ -19,10 +19,10 @@
 // constructor (Node's TCP handle without net.Socket, src/pod-socket.ts).
 //
 // Hot path: the pod socket reads into a buffer owned by the pipe, so pod -> client costs
-// no allocation but the view Node needs for each write. The buffer
-// is reused only once the client has taken the previous chunk: while a write is pending
-// the pod socket does not read (a SPDY stream takes a small chunk at once: it copies it). This relies on the Writable contract that a stream does
-// not touch a chunk after calling its write callback.
+// no allocation but the view Node needs for each write. The buffer is reused only once
+// the client has taken the previous chunk: while a write is pending the pod socket does
+// not read (a SPDY stream takes a small chunk at once: it copies it). This relies on the
+// Writable contract that a stream does not touch a chunk after calling its write callback.
 //
 // Memory bound per pipe, beyond kernel socket buffers: pod -> client holds one read buffer
 // (the chunk in flight is a view of it): 16 KiB, or 1 MiB while a bulk transfer fills it
