@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
 import { MAX_CONCURRENT_STREAMS } from '../../src/streaming/spdy/constants';
 import { StreamResetError } from '../../src/streaming/spdy/errors';
+import { slabAllocations } from '../../src/streaming/spdy/frame-writer';
 import { SpdySession, type SessionEndReason } from '../../src/streaming/spdy/session';
 import { STREAM_RECEIVE_BUFFER_BYTES, type SpdyStream } from '../../src/streaming/spdy/stream';
 import {
@@ -695,7 +696,7 @@ describe('SpdySession', () => {
     const transport = new Duplex({
       read() {},
       write(chunk: Buffer, _enc, cb) {
-        written.push(chunk);
+        written.push(Buffer.from(chunk)); // ours again once called back (the Writable contract)
         cb();
       },
     });
@@ -823,6 +824,62 @@ describe('SpdySession', () => {
     }
     assert.ok(s.writableLength > 0, `the stream still took every write after ${taken} bytes`);
     assert.ok(taken <= 64 * 1024 + 4 * 1024, `${taken} bytes taken while the transport did not write`);
+    transport.destroy();
+    await withTimeout(session.ended, 5000, 'session.ended');
+  });
+
+  it('writes over its buffer again only once the transport has called back for every write of it', async () => {
+    const out: Buffer[] = []; // while holding: views, not copies (what a transport may still hold)
+    const pending: (() => void)[] = [];
+    let holding = true;
+    const transport = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        if (holding) {
+          out.push(chunk);
+          pending.push(callback);
+        } else {
+          out.push(Buffer.from(chunk));
+          callback();
+        }
+      },
+    });
+    let stream: SpdyStream | undefined;
+    const session = new SpdySession(transport, {
+      idleTimeoutMs: 60_000,
+      log,
+      onStream: (s) => {
+        s.on('error', () => undefined);
+        stream = s;
+      },
+    });
+    const deflater = new PeerDeflater();
+    transport.push(await synStream(deflater, 1, portForwardHeaders('data', 80, 0)));
+    deflater.close();
+    await until('stream', () => stream !== undefined);
+    const payloads = (from: number, to: number): Buffer[] => Array.from({ length: to - from }, (_, k) => Buffer.alloc(100, from + k));
+    const dataOf = (bytes: Buffer): Buffer[] => splitFrames(bytes).filter((f) => !f.control).map((f) => f.body);
+    // The transport holds the first turn's write, and the Writable queues the next turns'
+    // behind it: none of them may be written over while held.
+    for (const p of payloads(0, 20)) {
+      stream!.write(p);
+      await tick();
+    }
+    assert.equal(out.length, 1);
+    holding = false;
+    for (const callback of pending.splice(0)) callback(); // the queued writes come through now
+    await tick();
+    assert.deepEqual(dataOf(Buffer.concat(out)), payloads(0, 20), 'a held write was written over');
+    // Every write calls back from here on: the buffer is reused, and a long run of small
+    // payloads allocates no new one.
+    const before = slabAllocations();
+    out.length = 0;
+    for (const p of payloads(20, 220)) {
+      stream!.write(p);
+      await tick();
+    }
+    assert.deepEqual(dataOf(Buffer.concat(out)), payloads(20, 220));
+    assert.equal(slabAllocations() - before, 0, 'a new buffer though every write had called back');
     transport.destroy();
     await withTimeout(session.ended, 5000, 'session.ended');
   });

@@ -23,8 +23,15 @@ type WriteCallback = (err?: Error | null) => void;
 export const COPIED_PAYLOAD_BYTES = 4 * 1024;
 /** Bytes copied but not yet written by the transport past which payloads go as views again. */
 const COPY_BACKLOG_BYTES = 64 * 1024;
-/** The slab's size: about a hundred connections' frames (a SYN_REPLY is 14-20 bytes); then a new one. */
+/** The slab's size: about a hundred connections' frames (a SYN_REPLY is 14-20 bytes), or four small payloads. */
 const SLAB_BYTES = 16 * 1024;
+
+let slabsAllocated = 0;
+
+/** Slabs allocated so far, by every writer (tests watch it). */
+export function slabAllocations(): number {
+  return slabsAllocated;
+}
 
 export class FrameWriter {
   readonly #transport: Duplex;
@@ -36,6 +43,10 @@ export class FrameWriter {
   readonly #segments: Buffer[] = [];
   readonly #segmentCallbacks: (WriteCallback | undefined)[] = [];
   #scheduled = false;
+  /** Writes of the current slab's bytes the transport has not called back yet. */
+  #slabWrites = 0;
+  /** Bumped with each new slab: a callback for an old slab's write does not count. */
+  #slabGeneration = 0;
 
   constructor(transport: Duplex) {
     this.#transport = transport;
@@ -113,14 +124,29 @@ export class FrameWriter {
       setImmediate(this.#flush);
     }
     let slab = this.#slab;
+    // Nothing of this turn yet, and every write of the slab's bytes called back: by the
+    // Writable contract the transport holds none of them (the pipe relies on the same), so
+    // the slab starts over. A fresh 16 KiB per four small payloads would be external
+    // memory, which V8 counts towards its old-generation limit.
+    if (slab !== undefined && this.#slabWrites === 0 && this.#start === this.#end && this.#segments.length === 0) this.#start = this.#end = 0;
     if (slab !== undefined && slab.length - this.#end >= bytes) return slab;
     this.#cutSegment();
-    // Bytes once given to the transport are never written over: a transport may hold them
-    // after its callback (a PassThrough does). The old slab is left to those writes.
+    // The old slab is left to the writes that still hold it.
     slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, bytes));
+    slabsAllocated++;
     this.#slab = slab;
+    this.#slabGeneration++;
+    this.#slabWrites = 0;
     this.#start = this.#end = 0;
     return slab;
+  }
+
+  // One per flush, not per frame: it counts down the current slab's writes.
+  #slabWritten(generation: number): WriteCallback {
+    this.#slabWrites++;
+    return () => {
+      if (generation === this.#slabGeneration) this.#slabWrites--;
+    };
   }
 
   #backlog(): number {
@@ -138,12 +164,20 @@ export class FrameWriter {
     const segments = this.#segments;
     if (segments.length === 0) {
       if (this.#end === this.#start) return;
-      transport.write(this.#slab!.subarray(this.#start, this.#end));
+      transport.write(this.#slab!.subarray(this.#start, this.#end), this.#slabWritten(this.#slabGeneration));
     } else {
       this.#cutSegment();
       const callbacks = this.#segmentCallbacks;
+      // Writes call back in order: once the last of this flush has, so have the slab's.
+      const last = segments.length - 1;
+      const slabDone = this.#slabWritten(this.#slabGeneration);
+      const lastCallback = callbacks[last];
       transport.cork();
-      for (let i = 0; i < segments.length; i++) transport.write(segments[i]!, callbacks[i]);
+      for (let i = 0; i < last; i++) transport.write(segments[i]!, callbacks[i]);
+      transport.write(segments[last]!, lastCallback === undefined ? slabDone : (err?: Error | null) => {
+        slabDone();
+        lastCallback(err);
+      });
       transport.uncork();
       segments.length = 0;
       callbacks.length = 0;
