@@ -57,6 +57,24 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** A session over `transport` whose peer has opened data stream 1 (SYN_STREAM, not replied). */
+async function sessionWithDataStream(transport: Duplex): Promise<{ session: SpdySession; stream: SpdyStream }> {
+  let stream: SpdyStream | undefined;
+  const session = new SpdySession(transport, {
+    idleTimeoutMs: 60_000,
+    log,
+    onStream: (s) => {
+      s.on('error', () => undefined);
+      stream = s;
+    },
+  });
+  const deflater = new PeerDeflater();
+  transport.push(await synStream(deflater, 1, portForwardHeaders('data', 80, 0)));
+  deflater.close();
+  await until('stream', () => stream !== undefined);
+  return { session, stream: stream! };
+}
+
 interface HarnessOptions {
   idleTimeoutMs?: number;
   onStream?: (stream: SpdyStream, session: SpdySession) => void;
@@ -787,20 +805,7 @@ describe('SpdySession', () => {
         if (flowing) callback();
       },
     });
-    let stream: SpdyStream | undefined;
-    const session = new SpdySession(transport, {
-      idleTimeoutMs: 60_000,
-      log,
-      onStream: (s) => {
-        s.on('error', () => undefined);
-        stream = s;
-      },
-    });
-    const deflater = new PeerDeflater();
-    transport.push(await synStream(deflater, 1, portForwardHeaders('data', 80, 0)));
-    deflater.close();
-    await until('stream', () => stream !== undefined);
-    const s = stream!;
+    const { session, stream: s } = await sessionWithDataStream(transport);
     const chunk = Buffer.alloc(100, 0x61);
     // Taken at once: the callback runs before write() returns, nothing stays queued.
     let calledBack = false;
@@ -844,25 +849,13 @@ describe('SpdySession', () => {
         }
       },
     });
-    let stream: SpdyStream | undefined;
-    const session = new SpdySession(transport, {
-      idleTimeoutMs: 60_000,
-      log,
-      onStream: (s) => {
-        s.on('error', () => undefined);
-        stream = s;
-      },
-    });
-    const deflater = new PeerDeflater();
-    transport.push(await synStream(deflater, 1, portForwardHeaders('data', 80, 0)));
-    deflater.close();
-    await until('stream', () => stream !== undefined);
+    const { session, stream } = await sessionWithDataStream(transport);
     const payloads = (from: number, to: number): Buffer[] => Array.from({ length: to - from }, (_, k) => Buffer.alloc(100, from + k));
     const dataOf = (bytes: Buffer): Buffer[] => splitFrames(bytes).filter((f) => !f.control).map((f) => f.body);
     // The transport holds the first turn's write, and the Writable queues the next turns'
     // behind it: none of them may be written over while held.
     for (const p of payloads(0, 20)) {
-      stream!.write(p);
+      stream.write(p);
       await tick();
     }
     assert.equal(out.length, 1);
@@ -875,7 +868,7 @@ describe('SpdySession', () => {
     const before = slabAllocations();
     out.length = 0;
     for (const p of payloads(20, 220)) {
-      stream!.write(p);
+      stream.write(p);
       await tick();
     }
     assert.deepEqual(dataOf(Buffer.concat(out)), payloads(20, 220));
