@@ -1,7 +1,8 @@
 // Proxy mode against containerd itself, in one run on one sandbox with four apps (echo,
 // reply-and-close, sink, source): kubectl via containerd's own streaming server and via
 // ours, ALTERNATING (each measurement runs for both sides before the next; who goes first
-// swaps every round; medians of 5 rounds, these machines are noisy). The measurements of a
+// swaps every round; medians of 5 rounds, these machines are noisy), after a first round
+// that warms both sides up and is reported on its own. The measurements of a
 // round are in proxy-rounds.ts: 256 MiB down and up (MB/s, server CPU s/GiB), the
 // connection rate (2000 connections a round) and CPU per connection (ours counts the
 // containerd CPU it causes), 64-byte round trips.
@@ -18,6 +19,17 @@ import { ECHO_BYTES } from './echo-client';
 import { median } from './stats';
 
 const ROUNDS = 5;
+/**
+ * A round of every measurement for both sides before the measured ones, left out of the
+ * medians and reported on its own. A long-running server is warm, and a fresh Node process
+ * is not: V8 compiles the data path while the first few thousand connections run (perf of
+ * our server in the first kubectl churn of 2000: TurboFan's threads took a fifth of its CPU,
+ * 770 of 3919 samples, against 170 of 3281 by the fourth; 161 compiles, then 64, 17, 5), and
+ * the first round's 64-byte round trips pay for it in their tail (34 over 1 ms of 2000, then
+ * 3-9). containerd (Go) has nothing to warm, so the first round measures our start-up cost,
+ * and the medians what a node sees for the rest of the server's life.
+ */
+const WARM_UP_ROUNDS = 1;
 const LIST_CALLS = 2000;
 
 export interface ProxyBench {
@@ -27,6 +39,8 @@ export interface ProxyBench {
   listRateRatio: number;
   /** Memory trims our server did during the rounds (each makes the next session compile its data path again). */
   ourTrims: number;
+  /** The warm-up round's figures (not in the medians). */
+  firstRound: { ours: Partial<Figures>; containerd: Partial<Figures> };
 }
 
 async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: number }> {
@@ -45,10 +59,13 @@ async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: n
   return { p50: median(times), rate: LIST_CALLS / (Number(process.hrtime.bigint() - started) / 1e9) };
 }
 
-/** ROUNDS rounds of every measurement, alternating the two sides: the figures of each side per round. */
+/**
+ * WARM_UP_ROUNDS, then ROUNDS rounds of every measurement, alternating the two sides: the
+ * figures of each side per round (the warm-up rounds first).
+ */
 async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ containerd: Partial<Figures>[]; ours: Partial<Figures>[] }> {
   const runs = { containerd: [] as Partial<Figures>[], ours: [] as Partial<Figures>[] };
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; round < WARM_UP_ROUNDS + ROUNDS; round++) {
     const figures = { containerd: {} as Partial<Figures>, ours: {} as Partial<Figures> };
     const order = round % 2 === 0 ? (['containerd', 'ours'] as const) : (['ours', 'containerd'] as const);
     for (const measure of MEASUREMENTS) {
@@ -59,7 +76,8 @@ async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ cont
     // Each round's own figures, for the scatter behind the medians (stdout has the table).
     const line = (f: Partial<Figures>): string =>
       `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us`;
-    process.stderr.write(`proxy round ${round}: ours ${line(figures.ours)}; containerd ${line(figures.containerd)}\n`);
+    const name = round < WARM_UP_ROUNDS ? `warm-up round ${round}` : `round ${round - WARM_UP_ROUNDS}`;
+    process.stderr.write(`proxy ${name}: ours ${line(figures.ours)}; containerd ${line(figures.containerd)}\n`);
   }
   return runs;
 }
@@ -88,8 +106,9 @@ export async function proxyBench(): Promise<ProxyBench> {
     const listDirect = await listLatencies(direct);
     const listProxy = await listLatencies(viaProxy);
     return {
-      ours: medians(runs.ours),
-      containerd: medians(runs.containerd),
+      ours: medians(runs.ours.slice(WARM_UP_ROUNDS)),
+      containerd: medians(runs.containerd.slice(WARM_UP_ROUNDS)),
+      firstRound: { ours: runs.ours[0]!, containerd: runs.containerd[0]! },
       listP50AddedMs: listProxy.p50 - listDirect.p50,
       listRateRatio: listProxy.rate / listDirect.rate,
       ourTrims,
