@@ -2,6 +2,8 @@
 //
 // dialInNetns(netnsPath | null, port, timeoutMs) -> Promise<fd | { fd: -1, errno4, ... }>
 // takeSocketError(fd) -> errno (SO_ERROR), trimMemory() -> released?, see below.
+// The namespace is entered through a handle kept for the dials that follow
+// (netns_handles.c: forgetNetns, closeIdleNetns).
 //
 // The worker thread enters the namespace with setns(CLONE_NEWNET), creates the socket
 // (a socket belongs to the namespace of the thread that creates it, for its whole life),
@@ -32,6 +34,7 @@
 #include <unistd.h>
 
 #include "fd_passing.h"
+#include "netns_handles.h"
 
 #define MAX_PATH_BYTES 4096
 
@@ -49,7 +52,7 @@ typedef struct {
   int timeout_ms;
   // results
   int fd;
-  const char *ns_stage;  // NULL, "open" or "setns"
+  const char *ns_stage;  // NULL, "open", "setns", "stat" (the namespace held is not the path's now)
   int ns_errno;
   int errno4;
   int errno6;
@@ -155,19 +158,19 @@ static void execute(napi_env env, void *data) {
     job->ns_errno = EBADF;
     return;
   }
-  int target = open(job->netns_path, O_RDONLY | O_CLOEXEC);
-  if (target < 0) {
+  netns_handle *netns = netns_acquire(job->netns_path);
+  if (netns == NULL) {
     job->ns_stage = "open";
     job->ns_errno = errno;
     return;
   }
-  if (setns(target, CLONE_NEWNET) != 0) {
+  if (setns(netns_fd(netns), CLONE_NEWNET) != 0) {
     job->ns_stage = "setns";
     job->ns_errno = errno;
-    close(target);
+    netns_discard(netns);
+    netns_release(netns);
     return;
   }
-  close(target);
   dial_both(job);
   if (setns(home_netns_fd, CLONE_NEWNET) != 0) {
     fprintf(stderr,
@@ -176,6 +179,14 @@ static void execute(napi_env env, void *data) {
             job->netns_path, strerror(errno));
     abort();
   }
+  // Nothing answered: maybe because the namespace held is not the sandbox's any more.
+  // Then it is reported as closed, and the Forwarder asks again and dials again.
+  int err = 0;
+  if (job->fd < 0 && !netns_still_current(netns, &err)) {
+    job->ns_stage = "stat";
+    job->ns_errno = err;
+  }
+  netns_release(netns);
 }
 
 static void set_int(napi_env env, napi_value obj, const char *name, int value) {
@@ -333,6 +344,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_create_function(env, "dupFd", NAPI_AUTO_LENGTH, dup_fd, NULL, &fn);
   napi_set_named_property(env, exports, "dupFd", fn);
   register_fd_passing(env, exports);
+  register_netns_handles(env, exports);
   return exports;
 }
 

@@ -12,6 +12,7 @@ import { CriServer } from './cri/server';
 import type { Logger } from './log';
 import { createMetrics, type Metrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
+import { forgetAllNamespaces } from './netns/handles';
 import { PortPolicy } from './policy/port-policy';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
 import { CachingSandboxResolver } from './sandbox/resolve-cache';
@@ -109,7 +110,10 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
         {
           upstream: config.upstream!,
           portForward,
-          onSandboxesChanged: () => upstreamSandboxes!.forgetAll(),
+          onSandboxesChanged: () => {
+            upstreamSandboxes!.forgetAll();
+            forgetAllNamespaces();
+          },
           log: criLog,
         },
         isTakeover,

@@ -11,7 +11,10 @@ export interface RawDialResult {
   errno4: number;
   /** errno of the [::1] connect (0: not tried or succeeded). */
   errno6: number;
-  /** Set when the namespace could not be entered: "save", "open" or "setns". */
+  /**
+   * Set when the namespace could not be entered ("save", "open", "setns"), or when the
+   * dial failed and the namespace it entered is not the one the path names now ("stat").
+   */
   nsStage?: string;
   nsErrno: number;
 }
@@ -19,6 +22,10 @@ export interface RawDialResult {
 interface NetnsAddon {
   /** The connected socket's fd, or what failed. */
   dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<number | RawDialResult>;
+  /** Close the kept namespace handle of `path` (of every path without one): how many were closed or left to their dials. */
+  forgetNetns(path?: string): number;
+  /** Close the kept namespace handles no dial has used for `idleMs`: how many are left. */
+  closeIdleNetns(idleMs: number): number;
   /** The socket's pending error (SO_ERROR, cleared by reading it): 0 if none. */
   takeSocketError(fd: number): number;
   /** Give the free pages of malloc's arenas back to the kernel (malloc_trim(0)). */

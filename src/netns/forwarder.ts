@@ -8,6 +8,7 @@ import { getSystemErrorMap } from 'node:util';
 import { errorMessage } from '../errors';
 import type { ResolvedSandbox, SandboxResolver } from '../sandbox/types';
 import { addon, type RawDialResult } from './addon';
+import { namespaceDialled } from './handles';
 
 /** How long one dial (both families together) may take before it fails as a timeout. */
 export const DEFAULT_DIAL_TIMEOUT_MS = 5_000;
@@ -52,10 +53,11 @@ export class Forwarder {
       return await this.dial(sandbox, port);
     } catch (err) {
       // What the resolver remembered is out of date (the sandbox was stopped, or its netns
-      // replaced): ask once more, then dial what it says now. A sandbox's config (its ports
+      // replaced; or the namespace handle the dial kept is: native/netns_handles.c): ask
+      // once more, then dial what it says now. A sandbox's config (its ports
       // and annotations) never changes, so the policy's verdict still holds.
-      if (!(err instanceof DialError) || err.failure !== 'netns-closed' || this.#resolver.forget === undefined) throw err;
-      this.#resolver.forget(sandbox.id);
+      if (!(err instanceof DialError) || err.failure !== 'netns-closed') throw err;
+      this.#resolver.forget?.(sandbox.id);
       return this.dial(await this.resolve(sandbox.id), port);
     }
   }
@@ -86,6 +88,7 @@ export class Forwarder {
   /** Dial localhost:port in the sandbox's namespace (127.0.0.1, then ::1); the fd is the caller's. */
   async dial(sandbox: ResolvedSandbox, port: number): Promise<number> {
     const result = await addon.dialInNetns(sandbox.netnsPath, port, this.#dialTimeoutMs);
+    if (sandbox.netnsPath !== null) namespaceDialled();
     if (typeof result === 'number') return result;
     if (result.nsStage !== undefined) {
       throw new DialError(

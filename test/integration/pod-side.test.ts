@@ -4,18 +4,21 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
+import { addon } from '../../src/netns/addon';
 import { DialError, Forwarder } from '../../src/netns/forwarder';
+import { NETNS_HANDLE_IDLE_MS } from '../../src/netns/handles';
 import { EmbeddedSandboxStore } from '../../src/sandbox/embedded';
 import { Duplex } from 'node:stream';
 import { idleReadBufferCount, Pipe, POD_BULK_READ_BUFFER_BYTES, POD_WRITE_HIGH_WATER_MARK } from '../../src/pipe';
 import { startPodApp, type PodApp } from '../support/apps';
 import { dialMany, runEmbeddedSandbox } from '../support/embedded';
 import { mountsUnder } from '../support/mounts';
+import { namespaceFds, namespaceInodeFds } from '../support/namespace-fds';
 import { PipeHarness } from '../support/pipe-harness';
 import { rootSkipReason } from '../support/root';
 import { makeTempDir } from '../support/server-process';
@@ -165,14 +168,18 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     assert.equal(removed.message, `network namespace for sandbox "${gone.id}" is closed`);
   });
 
-  it('leaves every thread in the host namespace and no fd open after 10 000 dials', async () => {
+  it('leaves every thread in the host namespace and no fd open but the namespace handle after 10 000 dials', async () => {
     const echo = await app(netnsPath, 'echo', '127.0.0.1');
     const hostNs = readlinkSync('/proc/self/ns/net');
+    addon.forgetNetns();
     // Earlier tests' sockets may still be closing: count once the number holds still.
     const fdsBefore = await untilSteady('the fd count to settle', fdCount, { quietMs: 100 });
     // 8 dials in flight keep every libuv worker thread busy with setns.
     await dialMany(forwarder, sandboxId, echo.port, 10_000, 8);
     assert.deepEqual([...threadNamespaces()], [hostNs]);
+    assert.equal(namespaceFds(netnsPath), 1, 'one handle on the namespace, kept for the next dials');
+    assert.equal(fdCount(), fdsBefore + 1);
+    addon.forgetNetns();
     assert.equal(fdCount(), fdsBefore);
     // The threads that dialled run SCHED_BATCH (waking one must not preempt the main
     // thread); the main thread keeps the normal policy.
@@ -181,6 +188,49 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     const policies = threadPolicies();
     assert.equal(policies.get(process.pid), SCHED_OTHER);
     assert.ok([...policies.values()].includes(SCHED_BATCH), `thread policies: ${JSON.stringify([...policies])}`);
+  });
+
+  it('opens the namespace once for a burst of dials and closes it once they stop', async () => {
+    const echo = await app(netnsPath, 'echo', '127.0.0.1');
+    addon.forgetNetns();
+    assert.equal(namespaceFds(netnsPath), 0);
+    await dialMany(forwarder, sandboxId, echo.port, 500, 8);
+    assert.equal(namespaceFds(netnsPath), 1, '500 dials share one handle on the namespace');
+    const idleSince = Date.now();
+    await until('the idle handle to be closed', () => namespaceFds(netnsPath) === 0, { timeoutMs: 4 * NETNS_HANDLE_IDLE_MS });
+    assert.ok(Date.now() - idleSince >= NETNS_HANDLE_IDLE_MS - 50, 'kept for the dials of the next second');
+  });
+
+  it('closes the namespace handle of a removed sandbox at once', async () => {
+    const removed = await runEmbeddedSandbox(store, 'removed');
+    // A refused dial keeps the handle too (its namespace is the path's).
+    const refused = await forwarder.open(removed.id, 1).catch((e: unknown) => e as DialError);
+    assert.equal((refused as DialError).failure, 'refused');
+    assert.equal(namespaceFds(removed.netnsPath!), 1);
+    const pinned = statSync(removed.netnsPath!);
+    await store.remove(removed.id);
+    assert.equal(namespaceInodeFds(pinned), 0, 'no fd left on the removed namespace');
+  });
+
+  it('dials the namespace now at the path when the one it kept was replaced behind its back', async () => {
+    const replaced = await runEmbeddedSandbox(store, 'replaced');
+    const path = replaced.netnsPath!;
+    const before = await app(path, 'echo', '127.0.0.1');
+    const first = await harness.forward(forwarder, replaced.id, before.port);
+    assert.equal((await echoRoundTrip(first, Buffer.from('old'))).toString(), 'old');
+    // The runtime tears the namespace down and pins a new one at the same path (the old
+    // app lives on in the old namespace, which our handle also still holds). Runtimes
+    // detach (containerd, ip netns del: MNT_DETACH): a plain umount fails while an fd is open on the path.
+    execFileSync('umount', ['--lazy', path]);
+    execFileSync('unshare', [`--net=${path}`, 'ip', 'link', 'set', 'lo', 'up']);
+    const after = await app(path, 'echo', '127.0.0.1');
+    const second = await harness.forward(forwarder, replaced.id, after.port);
+    assert.equal((await echoRoundTrip(second, Buffer.from('new'))).toString(), 'new');
+    // And the old app is out of reach: the dial went into the new namespace.
+    const old = await forwarder.open(replaced.id, before.port).catch((e: unknown) => e as DialError);
+    assert.ok(old instanceof DialError && old.failure === 'refused', `old app: ${String(old)}`);
+    assert.equal(namespaceFds(path), 1);
+    await store.remove(replaced.id);
   });
 
   it('propagates half-close: "abc" then FIN, the app answers 100 bytes after EOF', async () => {

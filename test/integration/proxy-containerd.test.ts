@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { connect as http2Connect, constants as http2Constants } from 'node:http2';
+import { statSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { netnsPathFromInfo } from '../../src/sandbox/upstream';
 import { startPodApp, type PodApp } from '../support/apps';
@@ -21,6 +22,7 @@ import {
 } from '../support/containerd';
 import { grpcError, rawUnary } from '../support/cri-client';
 import { FakeApiServer } from '../support/fake-apiserver';
+import { namespaceInodeFds } from '../support/namespace-fds';
 import { startPortForward, type KubectlPortForward } from '../support/kubectl';
 import { startProxy, stopProxy, type ProxiedCri } from '../support/proxy';
 import { dial, randomPayload, roundTrip, sha256 } from '../support/tcp-client';
@@ -180,10 +182,17 @@ for (const release of CONTAINERD_RELEASES) describe(`proxy mode in front of cont
     assert.equal((await p.viaProxy.call('PodSandboxStatus', { pod_sandbox_id: sandboxId })).status.state, 'SANDBOX_READY');
   });
 
-  it('stops and removes the sandbox through the proxy, as containerd answers them', async () => {
+  it('stops and removes the sandbox through the proxy, as containerd answers them, holding nothing of its namespace', async () => {
+    // A dial keeps a handle on the sandbox's namespace (native/netns_handles.c)...
+    const payload = randomPayload(1024);
+    assert.equal(sha256(await roundTrip(forwards[0]!.localPorts[0]!, payload)), sha256(payload));
+    const pinned = statSync(netnsPath);
+    assert.equal(namespaceInodeFds(pinned, p.proxy.proc.pid!), 1, 'the dial kept a handle on the namespace');
     for (const f of forwards.splice(0)) await f.stop();
     await echo?.stop();
     assert.deepEqual(await p.viaProxy.call('StopPodSandbox', { pod_sandbox_id: sandboxId }), {});
+    // ...which must not keep it alive once containerd has torn it down.
+    assert.equal(namespaceInodeFds(pinned, p.proxy.proc.pid!), 0, 'no fd left on the stopped sandbox namespace');
     assert.equal((await p.direct.call('PodSandboxStatus', { pod_sandbox_id: sandboxId })).status.state, 'SANDBOX_NOTREADY');
     assert.deepEqual(await p.viaProxy.call('RemovePodSandbox', { pod_sandbox_id: sandboxId }), {});
     const gone = await grpcError(p.direct.call('PodSandboxStatus', { pod_sandbox_id: sandboxId }));
