@@ -12,7 +12,7 @@ import { CriServer } from './cri/server';
 import type { Logger } from './log';
 import { createMetrics, type Metrics } from './metrics';
 import { Forwarder } from './netns/forwarder';
-import { forgetAllNamespaces } from './netns/handles';
+import { forgetAllNamespaces, forgetNamespace } from './netns/handles';
 import { PortPolicy } from './policy/port-policy';
 import { EmbeddedSandboxStore } from './sandbox/embedded';
 import { CachingSandboxResolver } from './sandbox/resolve-cache';
@@ -57,7 +57,10 @@ export async function startServer(config: Config, log: Logger, takeover?: Takeov
   await warnWithoutSysAdmin(config, log);
   const metrics = createMetrics();
   // Embedded mode: our own namespaces. Proxy mode: the upstream runtime's sandboxes.
-  const store = config.upstream === undefined ? await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' })) : undefined;
+  const store =
+    config.upstream === undefined
+      ? await EmbeddedSandboxStore.open(config.stateDir, log.child({ component: 'sandbox' }), { namespaceRemoving: forgetNamespace })
+      : undefined;
   const upstreamSandboxes = store ? undefined : new CachingSandboxResolver(new UpstreamSandboxResolver(config.upstream!, log.child({ component: 'sandbox' })));
   const resolver: SandboxResolver & { close?(): void } = store ?? upstreamSandboxes!;
   if (store) metrics.observeSandboxes(() => store.countByState());

@@ -38,6 +38,11 @@ export interface SandboxFilter {
   labelSelector?: Record<string, string>;
 }
 
+export interface EmbeddedStoreOptions {
+  /** A sandbox's namespace is about to be removed: whoever keeps it open lets go (the dialer's handles). */
+  namespaceRemoving?(netnsPath: string): void;
+}
+
 export class EmbeddedSandboxStore implements SandboxResolver {
   readonly #records: RecordDir;
   readonly #netnsDir: string;
@@ -48,15 +53,18 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   /** Each record's ports as the policy reads them, worked out once (a record's ports never change). */
   readonly #ports = new WeakMap<SandboxRecord, PodPorts>();
 
-  private constructor(stateDir: string, log: Logger) {
+  readonly #options: EmbeddedStoreOptions;
+
+  private constructor(stateDir: string, log: Logger, options: EmbeddedStoreOptions) {
     this.#records = new RecordDir(join(stateDir, 'sandboxes'));
     this.#netnsDir = join(stateDir, 'netns');
     this.#log = log;
+    this.#options = options;
   }
 
   /** Open the state dir and reload every sandbox; a vanished namespace comes back NOTREADY. */
-  static async open(stateDir: string, log: Logger): Promise<EmbeddedSandboxStore> {
-    const store = new EmbeddedSandboxStore(stateDir, log);
+  static async open(stateDir: string, log: Logger, options: EmbeddedStoreOptions = {}): Promise<EmbeddedSandboxStore> {
+    const store = new EmbeddedSandboxStore(stateDir, log, options);
     await fs.mkdir(store.#records.dir, { recursive: true, mode: 0o700 });
     await fs.mkdir(store.#netnsDir, { recursive: true, mode: 0o755 });
     for (const record of await store.#records.readAll(log)) {
@@ -153,7 +161,10 @@ export class EmbeddedSandboxStore implements SandboxResolver {
     if (record === undefined) return;
     await this.#exclusive(record.id, async () => {
       if (!this.#sandboxes.has(record.id)) return;
-      if (record.netnsPath !== null) await removeNetns(record.netnsPath);
+      if (record.netnsPath !== null) {
+        this.#options.namespaceRemoving?.(record.netnsPath);
+        await removeNetns(record.netnsPath);
+      }
       await this.#records.delete(record.id);
       this.#sandboxes.delete(record.id);
       this.#log.info('sandbox removed', { sandboxId: record.id });

@@ -7,7 +7,6 @@
 import { execFile } from 'node:child_process';
 import { promises as fs, statfsSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { forgetNamespace } from '../netns/handles';
 
 const run = promisify(execFile);
 
@@ -32,12 +31,10 @@ export async function createNetns(path: string): Promise<void> {
 
 /**
  * Unmount and delete a pinned namespace; a path that is already gone is not an error. The
- * handle dials keep of it is closed first (by the last dial in flight, if any). The unmount
- * is lazy (MNT_DETACH), as containerd's and `ip netns del`'s are: an fd open on the path (a
- * dial in flight, anyone's) makes a plain one fail with EBUSY.
+ * unmount is lazy (MNT_DETACH), as containerd's and `ip netns del`'s are: an fd open on
+ * the path (a dial in flight, anyone's) makes a plain one fail with EBUSY.
  */
 export async function removeNetns(path: string): Promise<void> {
-  forgetNamespace(path);
   if (isNetnsMounted(path)) {
     try {
       await run('umount', ['--lazy', path], { timeout: COMMAND_TIMEOUT_MS });

@@ -8,9 +8,12 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { criClient, grpcError, HOST_NETWORK, podConfig, type CriTestClient } from '../support/cri-client';
+import { startPodApp } from '../support/apps';
 import { mountsUnder } from '../support/mounts';
+import { namespaceInodeFds } from '../support/namespace-fds';
 import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
+import { portForwardUrls, runEchoLoad } from '../support/spdy-load';
 
 const skip = rootSkipReason();
 
@@ -68,6 +71,22 @@ describe('CRI RuntimeService, embedded sandboxes', { skip }, () => {
     // Remove is idempotent, also for ids we never knew.
     await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
     await cri.call('RemovePodSandbox', { pod_sandbox_id: 'f'.repeat(64) });
+  });
+
+  it('lets go of the namespace a forward kept open when the sandbox is removed', async () => {
+    const { pod_sandbox_id: id } = await cri.call('RunPodSandbox', { config: podConfig('forwarded') });
+    const netnsPath: string = JSON.parse((await cri.call('PodSandboxStatus', { pod_sandbox_id: id, verbose: true })).info.info).netnsPath;
+    const echo = await startPodApp(netnsPath, 'echo');
+    try {
+      const load = await runEchoLoad(await portForwardUrls(cri, id, echo.port, 1), echo.port, 4, 64);
+      assert.equal(load.clean, 4);
+      const pinned = statSync(netnsPath);
+      assert.equal(namespaceInodeFds(pinned, server.proc.pid!), 1, 'the dials kept a handle on the namespace');
+      await cri.call('RemovePodSandbox', { pod_sandbox_id: id });
+      assert.equal(namespaceInodeFds(pinned, server.proc.pid!), 0, 'no fd left on the removed namespace');
+    } finally {
+      await echo.stop();
+    }
   });
 
   it('gives a host-network (NODE) sandbox no namespace of its own', async () => {

@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
 import { addon } from '../../src/netns/addon';
 import { DialError, Forwarder } from '../../src/netns/forwarder';
-import { NETNS_HANDLE_IDLE_MS } from '../../src/netns/handles';
+import { forgetNamespace, NETNS_HANDLE_IDLE_MS } from '../../src/netns/handles';
 import { EmbeddedSandboxStore } from '../../src/sandbox/embedded';
 import { Duplex } from 'node:stream';
 import { idleReadBufferCount, Pipe, POD_BULK_READ_BUFFER_BYTES, POD_WRITE_HIGH_WATER_MARK } from '../../src/pipe';
@@ -80,7 +80,7 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
 
   before(async () => {
     fdsAtStart = fdCount();
-    store = await EmbeddedSandboxStore.open(`${dir}/state`, log);
+    store = await EmbeddedSandboxStore.open(`${dir}/state`, log, { namespaceRemoving: forgetNamespace });
     forwarder = new Forwarder(store);
     harness = await PipeHarness.start();
     const record = await runEmbeddedSandbox(store, 'pod');

@@ -105,8 +105,11 @@ describe('proxy mode (upstream: an embedded cri-portforward)', { skip }, () => {
       assert.equal(upstreamLookups() - before, 1, 'PortForward and 20 connections: one PodSandboxStatus');
       const [toPod, toClient] = await forwardedBytes();
       assert.deepEqual([toPod - bytesBefore[0], toClient - bytesBefore[1]], [20 * 64, 20 * 64]);
-      // Removed behind the proxy's back (at upstream): the cached netns path fails to open,
-      // the proxy asks again, and the connection gets upstream's text for a gone sandbox.
+      // Stopped and removed behind the proxy's back (at upstream), its app killed as a
+      // runtime's Stop kills the pod's containers: the dial finds the namespace it kept is
+      // not at the path any more, the proxy asks again, and the connection gets upstream's
+      // text for a gone sandbox.
+      await echo.stop();
       await p.direct.call('RemovePodSandbox', { pod_sandbox_id: id });
       const gone = await session.echo(echo.port, 64);
       assert.match(gone.errorText, new RegExp(`network namespace for sandbox "${id}" is closed`));

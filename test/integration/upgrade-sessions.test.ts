@@ -28,6 +28,7 @@ import { rootSkipReason } from '../support/root';
 import { cleanUpAndAssertNothingLeft, startServer, type ServerProcess } from '../support/server-process';
 import { CLIENT_PROTOCOL, echoAgain, openClient, type ClientKind, type ClientTarget, type SessionClient } from '../support/session-clients';
 import { SpdyLoadSession } from '../support/spdy-load';
+import { keptNamespaceHandles } from '../support/namespace-fds';
 import { until, untilSteady } from '../support/until';
 import { alive, establishedTo, linesOf, metricSeries, metricSum, pidFdKinds, pidFds, pidRssBytes, readyPids, startedPids, upgradeStory } from '../support/upgrade-lineage';
 
@@ -500,11 +501,17 @@ async function freshReference(w: World): Promise<{ fds: number; kinds: Record<st
     const session = await SpdyLoadSession.open(urls[0]!);
     assert.equal((await session.echo(port, 4096)).echoed, 4096, 'the reference server forwards');
     await session.close();
+    await noNamespaceHandles(fresh.proc.pid!);
     const fds = await untilSteady("the reference server's fd count", () => pidFds(fresh.proc.pid!), { quietMs: 500 });
     return { fds, kinds: pidFdKinds(fresh.proc.pid!), rssBytes: pidRssBytes(fresh.proc.pid!) };
   } finally {
     await undo(cleanup);
   }
+}
+
+/** The namespace handles a server's last dials kept are closed once idle (1 s): counts compare without them. */
+async function noNamespaceHandles(pid: number): Promise<void> {
+  await until(`server ${pid} to close the namespace handles its dials kept`, () => keptNamespaceHandles(pid) === 0, { timeoutMs: 5_000 });
 }
 
 /**
@@ -516,6 +523,7 @@ async function freshReference(w: World): Promise<{ fds: number; kinds: Record<st
 async function compareWithFreshProcess(w: World): Promise<void> {
   const last = readyPids(w.server).at(-1)!;
   const ours = held(w);
+  await noNamespaceHandles(last);
   const fds = await untilSteady("the last process's fd count", () => pidFds(last), { quietMs: 500 });
   const rssBytes = pidRssBytes(last);
   const kinds = pidFdKinds(last);
