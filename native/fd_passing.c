@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fd_passing.h"
+#include "napi_args.h"
 
 // SCM_MAX_FD is 253 on Linux.
 #define FDS_PER_MESSAGE 250
@@ -84,14 +85,8 @@ static napi_value send_fds(napi_env env, napi_callback_info info) {
 }
 
 static napi_value recv_fds(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int32_t channel = -1;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_get_value_int32(env, argv[0], &channel) != napi_ok || channel < 0) {
-    napi_throw_type_error(env, NULL, "recvFds(channel) takes one channel fd");
-    return NULL;
-  }
+  int32_t channel = one_natural_argument(env, info, "recvFds(channel) takes one channel fd");
+  if (channel < 0) return NULL;
   char control[CMSG_SPACE(sizeof(int) * FDS_PER_MESSAGE)];
   unsigned char tag = 0;
   struct iovec iov = {.iov_base = &tag, .iov_len = 1};

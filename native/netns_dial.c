@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "fd_passing.h"
+#include "napi_args.h"
 #include "netns_handles.h"
 
 #define MAX_PATH_BYTES 4096
@@ -275,21 +276,9 @@ static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
 // also clears it), 0 if none. libuv reports an RST that arrives behind data still in flight
 // as a plain EOF (a short read, then POLLHUP, and it never reads again), so the pipe asks
 // here whether an EOF from the pod was really a reset.
-// The one file-descriptor argument of a call, or -1 (a JS TypeError is then pending).
-static int32_t fd_argument(napi_env env, napi_callback_info info, const char* usage) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int32_t fd = -1;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    throw_type_error(env, usage);
-    return -1;
-  }
-  return fd;
-}
 
 static napi_value take_socket_error(napi_env env, napi_callback_info info) {
-  int32_t fd = fd_argument(env, info, "takeSocketError(fd) takes one file descriptor");
+  int32_t fd = one_natural_argument(env, info, "takeSocketError(fd) takes one file descriptor");
   if (fd < 0) return NULL;
   int err = 0;
   socklen_t len = sizeof err;
@@ -314,7 +303,7 @@ static napi_value trim_memory(napi_env env, napi_callback_info info) {
 // An upgrade keeps one of the streaming listener while the new process takes it over, so
 // that it can listen again should the new process fail.
 static napi_value dup_fd(napi_env env, napi_callback_info info) {
-  int32_t fd = fd_argument(env, info, "dupFd(fd) takes one file descriptor");
+  int32_t fd = one_natural_argument(env, info, "dupFd(fd) takes one file descriptor");
   if (fd < 0) return NULL;
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (copy < 0) {

@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "napi_args.h"
+
 // Namespaces kept at once: a node's pods with forwards running, with room to spare.
 #define NETNS_HANDLES_MAX 64
 
@@ -221,14 +223,8 @@ static napi_value forget_netns(napi_env env, napi_callback_info info) {
 
 // closeIdleNetns(idleMs) -> handles still cached, after closing those unused for idleMs.
 static napi_value close_idle_netns(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int32_t idle_ms = -1;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_get_value_int32(env, argv[0], &idle_ms) != napi_ok || idle_ms < 0) {
-    napi_throw_type_error(env, NULL, "closeIdleNetns(idleMs) takes a non-negative integer");
-    return NULL;
-  }
+  int32_t idle_ms = one_natural_argument(env, info, "closeIdleNetns(idleMs) takes a non-negative integer");
+  if (idle_ms < 0) return NULL;
   long long now = monotonic_ms();
   pthread_mutex_lock(&lock);
   for (netns_handle *h = cache, *next; h != NULL; h = next) {
