@@ -52,7 +52,6 @@ export class EmbeddedSandboxStore implements SandboxResolver {
   readonly #busy = new Map<string, Promise<unknown>>();
   /** Each record's ports as the policy reads them, worked out once (a record's ports never change). */
   readonly #ports = new WeakMap<SandboxRecord, PodPorts>();
-
   readonly #options: EmbeddedStoreOptions;
 
   private constructor(stateDir: string, log: Logger, options: EmbeddedStoreOptions) {
