@@ -14,8 +14,14 @@ export interface CriTestClient {
   close(): void;
 }
 
+/**
+ * A client with a connection of its own, as each crictl or kubelet has. grpc-js shares one
+ * transport per target across a process's clients by default: a client made just after a
+ * server was killed, before this process read the dead connection's EOF, was handed that
+ * connection and failed UNAVAILABLE "Connection dropped" (upgrade.test, on a busy CI run).
+ */
 export function criClient(socketAddress: string): CriTestClient {
-  const client = new RuntimeServiceClient(socketAddress, grpc.credentials.createInsecure());
+  const client = new RuntimeServiceClient(socketAddress, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
   const call: CriCall = (method, request) =>
     new Promise((resolve, reject) => {
       const fn = (client as unknown as Record<string, Function>)[method];
