@@ -30,6 +30,10 @@ export class CachingSandboxResolver implements SandboxResolver {
       max: RESOLVE_CACHE_ENTRIES,
       ttl: refreshAfterMs,
       allowStale: true,
+      // Read the clock on every lookup. With the default (1 ms), lru-cache 11 "caches" its
+      // reading by starting a setTimeout on every read to clear it: a timer per forwarded
+      // connection, 1.7% of the server's CPU in a kubectl churn (perf).
+      ttlResolution: 0,
       // undefined (no such sandbox) is not cached: the next lookup asks again.
       fetchMethod: (id) => this.#source.resolve(id),
     });

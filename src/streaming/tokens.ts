@@ -70,8 +70,10 @@ export class TokenCache {
       ttl: options.ttlMs,
       // Staleness is judged on the clock, not on a timer per token.
       ttlAutopurge: false,
-      // An injected clock is read on every check (the default one is cached for 1 ms).
-      ...(options.clock ? { perf: options.clock, ttlResolution: 0 } : {}),
+      // The clock is read on every check: lru-cache's cached reading costs a timer per read
+      // (see sandbox/resolve-cache.ts).
+      ttlResolution: 0,
+      ...(options.clock ? { perf: options.clock } : {}),
       updateAgeOnGet: false,
       dispose: (_grant, _token, reason) => {
         if (reason === 'expire') this.#metrics.tokensExpired.inc();
