@@ -123,7 +123,7 @@ export class SpdyStream extends Duplex {
   resetByPeer(code: number): void {
     if (this.isReset) return;
     this.#state = 'reset-by-peer';
-    this.destroy(new StreamResetError(code));
+    this.destroy(StreamResetError.of(code));
   }
 
   /** Our RST_STREAM: applies unless the stream already closed both ways or was reset. */
