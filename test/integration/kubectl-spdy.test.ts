@@ -39,6 +39,7 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
       any: await app(w, pod.netns, 'echo', '0.0.0.0'),
       ignore: await app(w, pod.netns, 'ignore'),
       writer: await app(w, pod.netns, `source:${64 << 20}`),
+      reply: await app(w, pod.netns, 'reply-and-close:64'),
     };
     ignoring = apps.ignore;
     unusedPort = apps.echo.port === 1 ? 2 : 1;
@@ -49,6 +50,30 @@ describe('kubectl port-forward over SPDY', { skip }, () => {
   });
 
   after(() => endWorld(w));
+
+  it('a connection the app answers and closes ends as a close in the audit trail, not an error, though kubectl resets its data stream then', async () => {
+    // client-go (1.29+) resets the data stream once the pod's side of it has ended, while its
+    // own side is still open: the client here keeps its side open until the answer's EOF.
+    const connections = 10;
+    for (let i = 0; i < connections; i++) {
+      const socket = await dial(local.reply!);
+      const received = collect(socket);
+      socket.write(Buffer.alloc(64, 'q'));
+      const { data, error } = await received;
+      socket.destroy();
+      assert.equal(error, undefined);
+      assert.equal(data.length, 64);
+    }
+    const ended = await until('a forward-ended line per connection', () => {
+      const lines = w.server.logs.filter((l) => l.msg === 'forward ended' && l.port === remote.reply);
+      return lines.length === connections && lines;
+    });
+    assert.deepEqual(
+      ended.filter((l) => l.reason !== 'done' && l.reason !== 'client-closed').map((l) => `${String(l.reason)}: ${String(l.err)}`),
+      [],
+    );
+    assert.ok(ended.every((l) => l.err === undefined && l.bytesToPod === 64 && l.bytesToClient === 64), JSON.stringify(ended));
+  });
 
   it('connects and disconnects sending nothing: the app sees EOF, the client 0 bytes', async () => {
     assert.equal((await roundTrip(local.echo!, Buffer.alloc(0))).length, 0);

@@ -6,6 +6,7 @@
 
 import { Duplex } from 'node:stream';
 import type { BudgetedBound } from '../../buffer-budget';
+import { RstCode } from './constants';
 import { StreamResetError } from './errors';
 import type { HeaderMap } from './headers';
 
@@ -119,11 +120,18 @@ export class SpdyStream extends Duplex {
     return true;
   }
 
-  /** The peer's RST_STREAM: readers see a StreamResetError; no RST goes back. */
+  /**
+   * The peer's RST_STREAM: readers see a StreamResetError; no RST goes back. A CANCEL after
+   * our FIN is the peer being done with a stream whose other half has ended, not a failure:
+   * client-go (1.29+) resets every data stream so once the pod's side has ended (to drop
+   * what it has not sent yet). The stream then just closes, as if the client side had
+   * closed, and nothing reports an error for a connection that went as it should.
+   */
   resetByPeer(code: number): void {
     if (this.isReset) return;
+    const oursEnded = this.#state === 'half-closed-local';
     this.#state = 'reset-by-peer';
-    this.destroy(StreamResetError.of(code));
+    this.destroy(oursEnded && code === RstCode.Cancel ? undefined : StreamResetError.of(code));
   }
 
   /** Our RST_STREAM: applies unless the stream already closed both ways or was reset. */
