@@ -272,6 +272,10 @@ export class PodSocket {
    * does not take what is queued for it).
    */
   destroySoon(graceMs: number): void {
+    // The app has ended its side and nothing is left to write: close() sends our FIN just
+    // as shutdown() would (nothing is unread, so no reset), without the shutdown's syscall,
+    // request and grace timer. This is how most connections end.
+    if (this.#eof && this.#pendingBytes === 0 && !this.#failed) return this.destroy();
     this.end();
     if (this.#finished || this.#destroyed) return this.destroy();
     this.#destroyAfterFinish = true;
