@@ -3,7 +3,8 @@
 //   connection (kubectl-echo.ts);
 // - the same churn through our own SPDY client (runEchoLoad on one session), which takes
 //   kubectl's cost and pace out of the figure; every connection must end by FIN with every
-//   byte back, or this throws;
+//   byte back, or this throws; once more on a server at the default --log-level info, for
+//   what the audit trail (two lines per connection) costs;
 // - 64-byte round-trip latency through kubectl, and the same loop straight against an echo
 //   app on the host loopback in the same run, as the reference for a ratio.
 
@@ -28,6 +29,8 @@ import { startBenchSandbox } from './sandbox';
 export interface ConnectionsBench {
   viaKubectl: ConnectionRate;
   viaSpdyClient: ConnectionRate;
+  /** The same at the default --log-level info: each connection writes its start and end lines. */
+  viaSpdyClientAtInfo: ConnectionRate;
   latencyViaKubectl: Latency;
   /** The same round trips against an echo app on the host loopback, no forwarding. */
   latencyDirect: Latency;
@@ -45,8 +48,8 @@ async function spdyChurn(cri: CriTestClient, sandboxId: string, port: number, co
   return runEchoLoad(urls, port, connections, ECHO_BYTES, { inFlight: CONNECTIONS_IN_FLIGHT });
 }
 
-async function spdyClientRate(cri: CriTestClient, sandboxId: string, port: number, serverPid: number): Promise<ConnectionRate> {
-  assertClean(await spdyChurn(cri, sandboxId, port, WARM_UP_CONNECTIONS), WARM_UP_CONNECTIONS);
+async function spdyClientRate(cri: CriTestClient, sandboxId: string, port: number, serverPid: number, warmUp = WARM_UP_CONNECTIONS): Promise<ConnectionRate> {
+  assertClean(await spdyChurn(cri, sandboxId, port, warmUp), warmUp);
   // The session's upgrade and GOAWAY are inside the figure: one session for 2000 connections.
   const { result: summary, cpuSeconds } = await cpuOf([serverPid], () => spdyChurn(cri, sandboxId, port, CONNECTIONS));
   assertClean(summary, CONNECTIONS);
@@ -66,11 +69,12 @@ async function directLatency(): Promise<Latency> {
 export async function connectionsBench(): Promise<ConnectionsBench> {
   const { server, cri, sandboxId, app, stop } = await startBenchSandbox('echo');
   let api: FakeApiServer | undefined;
+  let figures: Omit<ConnectionsBench, 'viaSpdyClientAtInfo'>;
   try {
     api = await FakeApiServer.start({ criAddress: server.criAddress, namespace: 'bench', refuseWebSocket: true });
     const target = { api, kubeconfigDir: server.dir, pod: sandboxId, port: app.port };
     const serverPid = server.proc.pid!;
-    return {
+    figures = {
       viaKubectl: await kubectlConnectionRate(target, [serverPid]),
       viaSpdyClient: await spdyClientRate(cri, sandboxId, app.port, serverPid),
       latencyViaKubectl: await kubectlLatency(target),
@@ -79,5 +83,13 @@ export async function connectionsBench(): Promise<ConnectionsBench> {
   } finally {
     await api?.close();
     await stop();
+  }
+  const atInfo = await startBenchSandbox('echo', 'info');
+  try {
+    // A fresh server: warmed as long as the first one was before its SPDY-client figure.
+    const warmUp = WARM_UP_CONNECTIONS * 2 + CONNECTIONS;
+    return { ...figures, viaSpdyClientAtInfo: await spdyClientRate(atInfo.cri, atInfo.sandboxId, atInfo.app.port, atInfo.server.proc.pid!, warmUp) };
+  } finally {
+    await atInfo.stop();
   }
 }

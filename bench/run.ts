@@ -18,7 +18,9 @@
 //   server CPU <= 2.5x socat's);
 // - connections (embedded): 2000 short connections (64-byte echo, close), 16 at a time,
 //   through kubectl (plain SPDY) and through our own SPDY client on one session:
-//   connections/s and server CPU per connection; 64-byte round-trip latency through kubectl
+//   connections/s and server CPU per connection (and through our client once more at
+//   --log-level info, the default: what the two audit lines per connection cost); 64-byte
+//   round-trip latency through kubectl
 //   (p50, p99) next to the same loop against an echo app on the host loopback;
 // - proxy mode against a private containerd 1.6, kubectl via containerd's streaming server
 //   and via ours, alternating, medians of 5 after a warm-up round (reported on its own, its
@@ -155,6 +157,7 @@ async function connectionRows(): Promise<Row[]> {
     { name: 'connections: server CPU per connection via kubectl', value: round(c.viaKubectl.cpuMsPerConnection, 3), unit: 'ms' },
     { name: 'connections: 2000 x 64 B echo via SPDY client', value: Math.round(c.viaSpdyClient.connectionsPerSecond), unit: 'conns/s' },
     { name: 'connections: server CPU per connection via SPDY client', value: round(c.viaSpdyClient.cpuMsPerConnection, 3), unit: 'ms' },
+    { name: 'connections: the same at --log-level info (start and end lines)', value: round(c.viaSpdyClientAtInfo.cpuMsPerConnection, 3), unit: 'ms' },
     { name: 'latency: 64 B round trip via kubectl p50', value: Math.round(c.latencyViaKubectl.p50Us), unit: 'us' },
     { name: 'latency: 64 B round trip via kubectl p99', value: Math.round(c.latencyViaKubectl.p99Us), unit: 'us' },
     { name: 'latency: 64 B round trip direct loopback p50', value: Math.round(c.latencyDirect.p50Us), unit: 'us' },

@@ -15,8 +15,9 @@ export interface BenchSandbox {
   stop(): Promise<void>;
 }
 
-export async function startBenchSandbox(mode: PodAppMode): Promise<BenchSandbox> {
-  const world = await startAppSandbox([mode], ['--log-level', 'warn'], 'bench');
+/** `logLevel`: warn (quiet) unless a figure is about what the log lines cost. */
+export async function startBenchSandbox(mode: PodAppMode, logLevel: 'warn' | 'info' = 'warn'): Promise<BenchSandbox> {
+  const world = await startAppSandbox([mode], ['--log-level', logLevel], 'bench');
   return {
     server: world.server,
     cri: world.cri,
