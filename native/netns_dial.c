@@ -1,6 +1,8 @@
 // netns_dial: dial localhost:<port> inside a network namespace, on a libuv worker thread.
 //
-// dialInNetns(netnsPath | null, port, timeoutMs) -> Promise<fd | { fd: -1, errno4, ... }>
+// dialInNetns(netnsPath | null, port, timeoutMs[, connectingFd, errno4])
+//   -> Promise<fd | { fd: -1, errno4, ... }>
+// dialSpare(netnsPath, port) -> fd | -1 | { connectingFd } | { errno4 }: see below.
 // takeSocketError(fd) -> errno (SO_ERROR), trimMemory() -> released?, see below.
 // The namespace is entered through a handle kept for the dials that follow
 // (netns_handles.c: forgetNetns, closeIdleNetns).
@@ -12,6 +14,11 @@
 // it cannot return, the process aborts: a worker thread left in a pod's namespace would
 // run later, unrelated work (DNS lookups, file I/O, other dials) in the wrong network.
 // The main thread never calls setns.
+//
+// While it is in the namespace, a dial that reached 127.0.0.1 also makes spare sockets
+// there and leaves them with the namespace's handle; dialSpare connects them later from
+// the main thread. So a churn of connections into one pod takes a worker thread and two
+// setns about once per SPARES_PER_DIAL + 1 connections, not for each.
 //
 // Every outcome resolves: to the connected fd on success, else to an object with the errno
 // of whatever failed ({ nsStage, nsErrno } for the namespace, { errno4, errno6 } for the
@@ -51,7 +58,9 @@ typedef struct {
   int has_netns;
   int port;
   int timeout_ms;
-  // results
+  // A spare socket whose connect to 127.0.0.1 dialSpare left under way, or -1.
+  int connecting_fd;
+  // results (errno4 may come set: dialSpare's connect from a spare socket failed)
   int fd;
   const char *ns_stage;  // NULL, "open", "setns", "stat" (the namespace held is not the path's now)
   int ns_errno;
@@ -65,17 +74,21 @@ static long long now_ms(void) {
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-// Non-blocking connect bounded by the time left; returns the fd or -1 with *err set.
-static int connect_loopback(int family, int port, long long deadline, int *err) {
+// A TCP socket of `family` in the calling thread's namespace, non-blocking; -1 with errno.
+static int tcp_socket(int family) {
   int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) {
-    *err = errno;
-    return -1;
-  }
+  if (fd < 0) return -1;
   // No Nagle: a small write (a keystroke, a query) goes to the app at once, never held
   // back waiting for the ACK of the previous one. The client side sets it too.
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+// Start connecting `fd` to localhost:port: 0 if connected, EINPROGRESS if under way, else
+// the errno. On loopback the handshake (or the refusing RST) has usually been processed
+// by the time connect() returns, even non-blocking: see connect_outcome_now.
+static int start_connect(int fd, int family, int port) {
   struct sockaddr_storage addr;
   socklen_t len;
   memset(&addr, 0, sizeof addr);
@@ -92,43 +105,77 @@ static int connect_loopback(int family, int port, long long deadline, int *err) 
     a->sin6_addr = in6addr_loopback;
     len = sizeof *a;
   }
-  if (connect(fd, (struct sockaddr *)&addr, len) == 0) return fd;
-  if (errno != EINPROGRESS) {
-    *err = errno;
-    close(fd);
-    return -1;
-  }
+  return connect(fd, (struct sockaddr *)&addr, len) == 0 ? 0 : errno;
+}
+
+// Where a connect under way stands, without waiting: 0 if connected, EINPROGRESS if still
+// under way, else its errno.
+static int connect_outcome_now(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  int n = poll(&p, 1, 0);
+  if (n < 0) return errno == EINTR ? EINPROGRESS : errno;
+  if (n == 0) return EINPROGRESS;
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = errno;
+  return soerr;
+}
+
+// Wait for a connect under way to end, until the deadline: 0 if connected, else its errno
+// (ETIMEDOUT at the deadline).
+static int wait_connected(int fd, long long deadline) {
   for (;;) {
     long long left = deadline - now_ms();
-    if (left <= 0) {
-      *err = ETIMEDOUT;
-      close(fd);
-      return -1;
-    }
+    if (left <= 0) return ETIMEDOUT;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
     int n = poll(&p, 1, (int)left);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      *err = errno;
-      close(fd);
-      return -1;
-    }
+    if (n < 0) return errno;
     if (n == 0) continue;  // re-check the deadline
     int soerr = 0;
     socklen_t sl = sizeof soerr;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = errno;
-    if (soerr == 0) return fd;
-    *err = soerr;
-    close(fd);
-    return -1;
+    return soerr;
   }
 }
 
-static void dial_both(dial_job *job) {
-  long long deadline = now_ms() + job->timeout_ms;
-  job->fd = connect_loopback(AF_INET, job->port, deadline, &job->errno4);
-  if (job->fd >= 0) return;
+// Connect to localhost:port from a new socket, bounded by the deadline; the fd, or -1 with *err set.
+static int connect_loopback(int family, int port, long long deadline, int *err) {
+  int fd = tcp_socket(family);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  int e = start_connect(fd, family, port);
+  if (e == EINPROGRESS) e = wait_connected(fd, deadline);
+  if (e == 0) return fd;
+  *err = e;
+  close(fd);
+  return -1;
+}
+
+// 127.0.0.1, unless a spare socket's connect already failed (job->errno4), then [::1].
+static void dial_both(dial_job *job, long long deadline) {
+  if (job->errno4 == 0) {
+    job->fd = connect_loopback(AF_INET, job->port, deadline, &job->errno4);
+    if (job->fd >= 0) return;
+  }
   job->fd = connect_loopback(AF_INET6, job->port, deadline, &job->errno6);
+}
+
+// Spare sockets a dial on a worker thread makes at most, while it is in the namespace.
+#define SPARES_PER_DIAL 8
+
+// Up to `count` sockets for netns_add_spares, made in the calling thread's namespace: how
+// many were made.
+static int make_spares(int *fds, int count) {
+  int made = 0;
+  while (made < count) {
+    int fd = tcp_socket(AF_INET);
+    if (fd < 0) break;  // out of fds: later dials make their own
+    fds[made++] = fd;
+  }
+  return made;
 }
 
 // A dial's worker thread must not take the CPU from the thread that queued the dial: on a
@@ -145,13 +192,38 @@ static void prefer_not_to_preempt(void) {
   sched_setscheduler(0, SCHED_BATCH, &param);  // best effort: the dial works either way
 }
 
+// Back to the process's own namespace after work in a pod's (`what`), or abort: a worker
+// thread left in a pod's namespace would run later, unrelated work there.
+static void return_home_or_abort(const char *what, const char *where) {
+  if (setns(home_netns_fd, CLONE_NEWNET) == 0) return;
+  fprintf(stderr,
+          "cri-portforward: cannot return a worker thread to its network namespace after %s %s: %s; "
+          "aborting rather than run later work in the wrong namespace\n",
+          what, where, strerror(errno));
+  abort();
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   dial_job *job = data;
-  job->fd = -1;
+  long long deadline = now_ms() + job->timeout_ms;
   prefer_not_to_preempt();
+  job->fd = -1;
+  if (job->connecting_fd >= 0) {
+    // A spare socket's connect that dialSpare left under way: it needs no namespace to
+    // finish. Only if it fails does this dial go on to [::1].
+    int fd = job->connecting_fd;
+    job->connecting_fd = -1;  // this dial's now: complete() must not close it again
+    int e = wait_connected(fd, deadline);
+    if (e == 0) {
+      job->fd = fd;
+      return;
+    }
+    close(fd);
+    job->errno4 = e;
+  }
   if (!job->has_netns) {
-    dial_both(job);
+    dial_both(job, deadline);
     return;
   }
   if (home_netns_fd < 0) {
@@ -172,14 +244,13 @@ static void execute(napi_env env, void *data) {
     netns_release(netns);
     return;
   }
-  dial_both(job);
-  if (setns(home_netns_fd, CLONE_NEWNET) != 0) {
-    fprintf(stderr,
-            "cri-portforward: cannot return a worker thread to its network namespace after a "
-            "dial in %s: %s; aborting rather than run later work in the wrong namespace\n",
-            job->netns_path, strerror(errno));
-    abort();
-  }
+  dial_both(job, deadline);
+  int spares[SPARES_PER_DIAL];
+  // Spares only where 127.0.0.1 answered: an IPv6-only app's dials all come here.
+  int claimed = job->fd >= 0 && job->errno4 == 0 ? netns_claim_spares(netns, SPARES_PER_DIAL) : 0;
+  int made = make_spares(spares, claimed);
+  return_home_or_abort("a dial in", job->netns_path);
+  if (claimed > 0) netns_add_spares(netns, spares, made, claimed);
   // Nothing answered: maybe because the namespace held is not the sandbox's any more.
   // Then it is reported as closed, and the Forwarder asks again and dials again.
   int err = 0;
@@ -211,6 +282,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   napi_create_object(env, &result);
   if (status != napi_ok) {
     if (job->fd >= 0) close(job->fd);
+    if (job->connecting_fd >= 0) close(job->connecting_fd);
     job->fd = -1;
     job->ns_stage = "cancelled";
     job->ns_errno = ECANCELED;
@@ -235,13 +307,14 @@ static napi_value throw_type_error(napi_env env, const char *message) {
 }
 
 static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3) {
-    return throw_type_error(env, "dialInNetns(netnsPath | null, port, timeoutMs) takes 3 arguments");
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || (argc != 3 && argc != 5)) {
+    return throw_type_error(env, "dialInNetns(netnsPath | null, port, timeoutMs[, connectingFd, errno4]) takes 3 or 5 arguments");
   }
   dial_job *job = calloc(1, sizeof *job);
   if (job == NULL) return throw_type_error(env, "out of memory");
+  job->connecting_fd = -1;
   napi_valuetype type;
   napi_typeof(env, argv[0], &type);
   if (type == napi_string) {
@@ -264,12 +337,114 @@ static napi_value dial_in_netns(napi_env env, napi_callback_info info) {
     free(job);
     return throw_type_error(env, "timeoutMs must be a positive integer");
   }
+  // Read last: a connecting fd is the dial's from here, closed whatever happens.
+  if (argc == 5 && (napi_get_value_int32(env, argv[3], &job->connecting_fd) != napi_ok ||
+                    napi_get_value_int32(env, argv[4], &job->errno4) != napi_ok || job->errno4 < 0 ||
+                    (job->connecting_fd >= 0 && job->errno4 != 0))) {
+    if (job->connecting_fd >= 0) close(job->connecting_fd);
+    free(job);
+    return throw_type_error(env, "connectingFd (or -1) and errno4 (or 0) must be integers, not both set");
+  }
   napi_value promise, name;
   napi_create_promise(env, &job->deferred, &promise);
   napi_create_string_utf8(env, "dialInNetns", NAPI_AUTO_LENGTH, &name);
   napi_create_async_work(env, NULL, name, execute, complete, job, &job->work);
   napi_queue_async_work(env, job->work);
   return promise;
+}
+
+// A refill of a handle's spare sockets, on a worker thread, which dialSpare queues when
+// they run low: the dials of a steady churn then all find one. Nothing waits for it.
+typedef struct {
+  napi_async_work work;
+  netns_handle *netns;  // held (netns_take_spare) until complete
+  int claimed;
+  int made;
+  int fds[NETNS_SPARES_MAX];
+} refill_job;
+
+static void refill_execute(napi_env env, void *data) {
+  (void)env;
+  refill_job *job = data;
+  prefer_not_to_preempt();
+  // A namespace that cannot be entered gets no spares; its next dial finds out why.
+  if (setns(netns_fd(job->netns), CLONE_NEWNET) != 0) return;
+  job->made = make_spares(job->fds, job->claimed);
+  return_home_or_abort("making spare sockets in", "a pod's namespace");
+}
+
+static void refill_complete(napi_env env, napi_status status, void *data) {
+  (void)status;  // not run (cancelled at exit): nothing made, the claim still ends
+  refill_job *job = data;
+  netns_add_spares(job->netns, job->fds, job->made, job->claimed);
+  netns_release(job->netns);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static void queue_refill(napi_env env, netns_handle *netns, int claimed) {
+  refill_job *job = calloc(1, sizeof *job);
+  napi_value name;
+  if (job == NULL ||
+      napi_create_string_utf8(env, "netnsSpareRefill", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, refill_execute, refill_complete, job, &job->work) != napi_ok) {
+    free(job);
+    netns_add_spares(netns, NULL, 0, claimed);  // no refill this time: the next dial may ask again
+    netns_release(netns);
+    return;
+  }
+  job->netns = netns;
+  job->claimed = claimed;
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    free(job);
+    netns_add_spares(netns, NULL, 0, claimed);
+    netns_release(netns);
+  }
+}
+
+// dialSpare(netnsPath, port) -> fd | -1 | { connectingFd } | { errno4 }, on the main thread.
+// Connects a spare socket of the namespace's handle (netns_handles.h) to 127.0.0.1:port:
+// the fd once connected, which on loopback is the usual case by the time connect()
+// returns; -1 when the handle has no spare (then dialInNetns, as without spares). A
+// connect still under way goes on with dialInNetns(..., connectingFd, 0) on a worker
+// thread; one that failed with dialInNetns(..., -1, errno4), which tries [::1] only.
+// No namespace is entered here: the socket was made in it.
+
+static napi_value dial_spare(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char path[MAX_PATH_BYTES];
+  size_t len = 0;
+  int32_t port = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len == 0 ||
+      len >= sizeof path - 1 || napi_get_value_int32(env, argv[1], &port) != napi_ok || port < 1 || port > 65535) {
+    return throw_type_error(env, "dialSpare(netnsPath, port) takes a non-empty path and a port in 1..65535");
+  }
+  napi_value result;
+  netns_handle *refill;
+  int refill_count;
+  int fd = netns_take_spare(path, &refill, &refill_count);
+  if (refill != NULL) queue_refill(env, refill, refill_count);
+  if (fd < 0) {
+    napi_create_int32(env, -1, &result);
+    return result;
+  }
+  int e = start_connect(fd, AF_INET, port);
+  if (e == EINPROGRESS) e = connect_outcome_now(fd);
+  if (e == 0) {
+    napi_create_int32(env, fd, &result);
+    return result;
+  }
+  napi_create_object(env, &result);
+  if (e == EINPROGRESS) {
+    set_int(env, result, "connectingFd", fd);
+  } else {
+    close(fd);
+    set_int(env, result, "errno4", e);
+  }
+  return result;
 }
 
 // takeSocketError(fd) -> errno: the socket's pending error (getsockopt SO_ERROR, which
@@ -326,6 +501,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "dialInNetns", NAPI_AUTO_LENGTH, dial_in_netns, NULL, &fn);
   napi_set_named_property(env, exports, "dialInNetns", fn);
+  napi_create_function(env, "dialSpare", NAPI_AUTO_LENGTH, dial_spare, NULL, &fn);
+  napi_set_named_property(env, exports, "dialSpare", fn);
   napi_create_function(env, "takeSocketError", NAPI_AUTO_LENGTH, take_socket_error, NULL, &fn);
   napi_set_named_property(env, exports, "takeSocketError", fn);
   napi_create_function(env, "trimMemory", NAPI_AUTO_LENGTH, trim_memory, NULL, &fn);

@@ -16,6 +16,12 @@
 // closed by its last release, so its fd number cannot be reused for another namespace
 // while a worker thread may still setns with it.
 //
+// A handle also keeps up to NETNS_SPARES_MAX spare sockets made in its namespace
+// (netns_add_spares, by a dial's worker thread while it is there), which later dials
+// connect from the main thread (dialSpare in netns_dial.c): no worker thread, no setns.
+// They go with the handle: closed when it leaves the cache (a removed sandbox's namespace
+// must not live on in them) or is closed.
+//
 // The fd names the namespace the path named when it was opened. That is the namespace a
 // dial of the sandbox resolved to that path enters, as an open() per dial would, until
 // one of the above notices otherwise.
@@ -36,6 +42,9 @@
 
 // Namespaces kept at once: a node's pods with forwards running, with room to spare.
 #define NETNS_HANDLES_MAX 64
+// Fewer left (counting those being made) and netns_take_spare asks for a refill, so that
+// a steady churn finds one ready and never waits for a worker thread.
+#define NETNS_SPARES_LOW 8
 
 struct netns_handle {
   netns_handle *next;
@@ -48,6 +57,10 @@ struct netns_handle {
   // In the cache (else closed by the last release).
   int cached;
   long long last_used_ms;
+  int spares[NETNS_SPARES_MAX];
+  int spare_count;
+  // Spares claimed by workers making them now (netns_claim_spares).
+  int spares_claimed;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -60,7 +73,13 @@ static long long monotonic_ms(void) {
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void close_spares(netns_handle *handle) {
+  for (int i = 0; i < handle->spare_count; i++) close(handle->spares[i]);
+  handle->spare_count = 0;
+}
+
 static void free_handle(netns_handle *handle) {
+  close_spares(handle);
   close(handle->fd);
   free(handle->path);
   free(handle);
@@ -78,6 +97,7 @@ static void drop_locked(netns_handle *handle) {
   handle->cached = 0;
   handle->next = NULL;
   cached_count--;
+  close_spares(handle);
   if (handle->users == 0) free_handle(handle);
 }
 
@@ -179,6 +199,53 @@ void netns_release(netns_handle *handle) {
   int last = --handle->users == 0 && !handle->cached;
   pthread_mutex_unlock(&lock);
   if (last) free_handle(handle);
+}
+
+// Room for up to `most` more spares, claimed. Lock held.
+static int claim_locked(netns_handle *handle, int most) {
+  int room = handle->cached ? NETNS_SPARES_MAX - handle->spare_count - handle->spares_claimed : 0;
+  int claim = room < most ? room : most;
+  if (claim < 0) claim = 0;
+  handle->spares_claimed += claim;
+  return claim;
+}
+
+int netns_claim_spares(netns_handle *handle, int most) {
+  pthread_mutex_lock(&lock);
+  int claim = claim_locked(handle, most);
+  pthread_mutex_unlock(&lock);
+  return claim;
+}
+
+void netns_add_spares(netns_handle *handle, const int *fds, int count, int claimed) {
+  int i = 0;
+  pthread_mutex_lock(&lock);
+  handle->spares_claimed -= claimed;
+  // A handle out of the cache hands none out: they would only keep its namespace alive.
+  for (; handle->cached && i < count && handle->spare_count < NETNS_SPARES_MAX; i++) {
+    handle->spares[handle->spare_count++] = fds[i];
+  }
+  pthread_mutex_unlock(&lock);
+  for (; i < count; i++) close(fds[i]);
+}
+
+int netns_take_spare(const char *path, netns_handle **refill, int *refill_count) {
+  int fd = -1;
+  *refill = NULL;
+  *refill_count = 0;
+  pthread_mutex_lock(&lock);
+  netns_handle *found = find_locked(path);
+  if (found != NULL && found->spare_count > 0) {
+    fd = found->spares[--found->spare_count];
+    found->last_used_ms = monotonic_ms();
+    if (found->spare_count + found->spares_claimed < NETNS_SPARES_LOW) {
+      *refill_count = claim_locked(found, NETNS_SPARES_MAX);
+      found->users++;
+      *refill = found;
+    }
+  }
+  pthread_mutex_unlock(&lock);
+  return fd;
 }
 
 // ---- JavaScript ------------------------------------------------------------------------

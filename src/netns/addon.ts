@@ -19,9 +19,22 @@ export interface RawDialResult {
   nsErrno: number;
 }
 
+/** dialSpare's connect from a spare socket did not end at once: dialInNetns takes it on. */
+export type SpareDialLeftover = { connectingFd: number; errno4?: never } | { errno4: number; connectingFd?: never };
+
 interface NetnsAddon {
-  /** The connected socket's fd, or what failed. */
-  dialInNetns(netnsPath: string | null, port: number, timeoutMs: number): Promise<number | RawDialResult>;
+  /**
+   * The connected socket's fd, or what failed. `connectingFd` and `errno4` hand on a
+   * dialSpare that did not end at once: its connect still under way (the dial waits for
+   * it, then tries [::1] if it fails), or its failure (the dial tries [::1] only).
+   */
+  dialInNetns(netnsPath: string | null, port: number, timeoutMs: number, connectingFd?: number, errno4?: number): Promise<number | RawDialResult>;
+  /**
+   * Synchronously, on this thread: connect a spare socket the namespace handle of
+   * `netnsPath` keeps (made in the namespace by an earlier dial) to 127.0.0.1:port. The
+   * connected fd; -1 if the handle has no spare; else what dialInNetns is to go on with.
+   */
+  dialSpare(netnsPath: string, port: number): number | SpareDialLeftover;
   /** Close the kept namespace handle of `path` (of every path without one): how many were closed or left to their dials. */
   forgetNetns(path?: string): number;
   /** Close the kept namespace handles no dial has used for `idleMs`: how many are left. */

@@ -87,8 +87,22 @@ export class Forwarder {
 
   /** Dial localhost:port in the sandbox's namespace (127.0.0.1, then ::1); the fd is the caller's. */
   async dial(sandbox: ResolvedSandbox, port: number): Promise<number> {
-    const result = await addon.dialInNetns(sandbox.netnsPath, port, this.#dialTimeoutMs);
-    if (sandbox.netnsPath !== null) namespaceDialled();
+    const path = sandbox.netnsPath;
+    let result: number | RawDialResult;
+    if (path === null) {
+      result = await addon.dialInNetns(null, port, this.#dialTimeoutMs);
+    } else {
+      // Most dials into a pod take a spare socket an earlier dial made in its namespace
+      // and connect it here, at once (loopback): no worker thread, no setns. The rest go
+      // to a worker thread, which also makes the next spares.
+      const spare = addon.dialSpare(path, port);
+      namespaceDialled();
+      if (typeof spare === 'number' && spare >= 0) return spare;
+      result =
+        typeof spare === 'number'
+          ? await addon.dialInNetns(path, port, this.#dialTimeoutMs)
+          : await addon.dialInNetns(path, port, this.#dialTimeoutMs, spare.connectingFd ?? -1, spare.errno4 ?? 0);
+    }
     if (typeof result === 'number') return result;
     if (result.nsStage !== undefined) {
       throw new DialError(

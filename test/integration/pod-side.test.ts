@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
+import { closeSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../../src/log';
@@ -37,6 +37,28 @@ function readAll(socket: Socket): Promise<Buffer> {
 
 function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** This process's socket fds. */
+function socketFdCount(): number {
+  let count = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`).startsWith('socket:')) count++;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return count;
+}
+
+/** Write `payload` on a connected fd, end, and read back all the app answers. */
+async function echoOnFd(fd: number, payload: Buffer): Promise<{ answer: Buffer; remoteAddress: string | undefined }> {
+  const socket = new Socket({ fd, readable: true, writable: true });
+  const remoteAddress = socket.remoteAddress;
+  const answer = readAll(socket);
+  socket.end(payload);
+  return { answer: await answer, remoteAddress };
 }
 
 /** Network namespace of every thread of this process. */
@@ -174,11 +196,15 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     addon.forgetNetns();
     // Earlier tests' sockets may still be closing: count once the number holds still.
     const fdsBefore = await untilSteady('the fd count to settle', fdCount, { quietMs: 100 });
+    const socketsBefore = socketFdCount();
     // 8 dials in flight keep every libuv worker thread busy with setns.
     await dialMany(forwarder, sandboxId, echo.port, 10_000, 8);
     assert.deepEqual([...threadNamespaces()], [hostNs]);
     assert.equal(namespaceFds(netnsPath), 1, 'one handle on the namespace, kept for the next dials');
-    assert.equal(fdCount(), fdsBefore + 1);
+    // With it, the spare sockets its dials made there for the next dials (at most 16).
+    const spares = socketFdCount() - socketsBefore;
+    assert.ok(spares >= 0 && spares <= 16, `${spares} spare sockets`);
+    assert.equal(fdCount(), fdsBefore + 1 + spares);
     addon.forgetNetns();
     assert.equal(fdCount(), fdsBefore);
     // The threads that dialled run SCHED_BATCH (waking one must not preempt the main
@@ -188,6 +214,45 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     const policies = threadPolicies();
     assert.equal(policies.get(process.pid), SCHED_OTHER);
     assert.ok([...policies.values()].includes(SCHED_BATCH), `thread policies: ${JSON.stringify([...policies])}`);
+  });
+
+  it('connects later dials from spare sockets made in the namespace, and closes them with its handle', async () => {
+    const echo = await app(netnsPath, 'echo', '127.0.0.1');
+    const v6 = await app(netnsPath, 'echo', '::1');
+    addon.forgetNetns();
+    const fdsBefore = await untilSteady('the fd count to settle', fdCount, { quietMs: 100 });
+    const socketsBefore = socketFdCount();
+    // A dial with no spare goes to a worker thread, which enters the namespace and makes
+    // spare sockets there while it is in.
+    closeSync(await forwarder.open(sandboxId, echo.port));
+    const spares = socketFdCount() - socketsBefore;
+    assert.ok(spares >= 1 && spares <= 16, `${spares} spare sockets after the first dial`);
+    // Each connects on this thread, synchronously, to the app inside the namespace.
+    const connected: number[] = [];
+    for (let fd = addon.dialSpare(netnsPath, echo.port); typeof fd === 'number' && fd >= 0; fd = addon.dialSpare(netnsPath, echo.port)) {
+      connected.push(fd);
+    }
+    assert.equal(connected.length, spares, 'every spare connected, then none is left (-1)');
+    const { answer, remoteAddress } = await echoOnFd(connected[0]!, Buffer.from('spare'));
+    assert.equal(answer.toString(), 'spare');
+    assert.equal(remoteAddress, '127.0.0.1');
+    for (const fd of connected.slice(1)) closeSync(fd);
+    // Running low, they were refilled in the background: the next dial finds one again.
+    await until('the spares to be refilled', () => socketFdCount() > socketsBefore, { timeoutMs: 2_000 });
+    const refilled = addon.dialSpare(netnsPath, echo.port);
+    assert.ok(typeof refilled === 'number' && refilled >= 0, `dialSpare after the refill: ${JSON.stringify(refilled)}`);
+    closeSync(refilled);
+    // A port nothing listens on: the refusal comes back for a worker thread to try [::1].
+    assert.deepEqual(addon.dialSpare(netnsPath, 1), { errno4: 111 /* ECONNREFUSED */ });
+    // The Forwarder does exactly that for an IPv6-only app.
+    const six = await echoOnFd(await forwarder.open(sandboxId, v6.port), Buffer.from('six'));
+    assert.deepEqual([six.answer.toString(), six.remoteAddress], ['six', '::1']);
+    // The spares are the handle's: forgetting it closes them.
+    assert.ok(socketFdCount() > socketsBefore);
+    addon.forgetNetns(netnsPath);
+    assert.equal(addon.dialSpare(netnsPath, echo.port), -1);
+    await until('the connections to close', () => fdCount() === fdsBefore, { timeoutMs: 2_000 });
+    assert.equal(socketFdCount(), socketsBefore);
   });
 
   it('opens the namespace once for a burst of dials and closes it once they stop', async () => {
@@ -207,9 +272,15 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     const refused = await forwarder.open(removed.id, 1).catch((e: unknown) => e as DialError);
     assert.equal((refused as DialError).failure, 'refused');
     assert.equal(namespaceFds(removed.netnsPath!), 1);
+    // A dial that connected leaves spare sockets in the namespace: they go too.
+    const echo = await app(removed.netnsPath!, 'echo', '127.0.0.1');
+    const socketsBefore = socketFdCount();
+    closeSync(await forwarder.open(removed.id, echo.port));
+    assert.ok(socketFdCount() > socketsBefore, 'spare sockets kept');
     const pinned = statSync(removed.netnsPath!);
     await store.remove(removed.id);
     assert.equal(namespaceInodeFds(pinned), 0, 'no fd left on the removed namespace');
+    assert.equal(socketFdCount(), socketsBefore, 'no spare socket left');
   });
 
   it('dials the namespace now at the path when the one it kept was replaced behind its back', async () => {
