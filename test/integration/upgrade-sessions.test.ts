@@ -562,6 +562,8 @@ async function failedUpgradeKeepsEverything(w: World): Promise<void> {
   const { server, unmet } = w;
   const pid = server.proc.pid!;
   assertDownloadsRunning(w, 'before the upgrade');
+  // Without the namespace handles (and their spare sockets), which come and go with dials.
+  await noNamespaceHandles(pid);
   const fdsBefore = await untilSteady('the fd count before the upgrade', () => pidFds(pid), { quietMs: 500 });
   const kindsBefore = pidFdKinds(pid);
   const ends = await serverEnds(w, 'before the upgrade');
@@ -584,6 +586,7 @@ async function failedUpgradeKeepsEverything(w: World): Promise<void> {
   assert.deepEqual(readyPids(server), [pid], 'no other process took over');
   assert.equal(linesOf(server, 'upgrade: handed over').length, 0, 'nothing was handed over');
   assert.equal((await metricSeries(server.streamBaseUrl, 'cri_portforward_handovers_total')).get('{result="failed"}'), 1, 'the failed upgrade is counted');
+  await noNamespaceHandles(pid);
   const fdsAfter = await untilSteady('the fd count after the upgrade', () => pidFds(pid), { quietMs: 500 });
   unmet.check(
     fdsAfter === fdsBefore,
