@@ -60,7 +60,8 @@ async function spdyClientRate(cri: CriTestClient, sandboxId: string, port: numbe
 async function directLatency(): Promise<Latency> {
   const app = await startPodApp(null, 'echo');
   try {
-    return await roundTrips(app.port, ROUND_TRIPS, WARM_UP_ROUND_TRIPS);
+    const [latency] = await roundTrips([app.port], ROUND_TRIPS, WARM_UP_ROUND_TRIPS);
+    return latency!;
   } finally {
     await app.stop();
   }

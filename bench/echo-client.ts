@@ -4,7 +4,8 @@
 // - echoChurn: short connections, `inFlight` at a time; each connects, writes 64 bytes,
 //   reads them back, ends, and waits for the close, so the whole teardown through kubectl
 //   and the server is inside the time;
-// - roundTrips: one connection, sequential 64-byte write -> read-back round trips.
+// - roundTrips: one connection, sequential 64-byte write -> read-back round trips; or two
+//   (through two servers), their round trips taken in turn.
 // Every echo is checked byte for byte; any short, long, differing or reset echo throws.
 
 import { randomBytes } from 'node:crypto';
@@ -103,45 +104,62 @@ function dial(port: number): Promise<Socket> {
   });
 }
 
-/** `warmUp` + `count` sequential round trips on `socket`; the last `count` in microseconds. */
-function roundTripLoop(socket: Socket, count: number, warmUp: number): Promise<Float64Array> {
-  const micros = new Float64Array(count);
+/**
+ * Sequential 64-byte round trips on `sockets` (one, or two in turn), `warmUp` + `count` on
+ * each: the last `count` of each in microseconds. With two, each round trip on one is
+ * followed by one on the other, and who goes first swaps every time, so that both see the
+ * same moments of a noisy machine, round trip by round trip.
+ */
+function roundTripLoop(sockets: Socket[], count: number, warmUp: number): Promise<Float64Array[]> {
+  const micros = sockets.map(() => new Float64Array(count));
   const got = Buffer.alloc(ECHO_BYTES);
+  const steps = sockets.length * (count + warmUp);
   return new Promise((resolve, reject) => {
-    let n = -warmUp; // negative while warming up
+    let step = 0;
+    let socket = sockets[0]!;
+    let which = 0;
     let received = 0;
     let payload = payloadFor(0);
     let sentAt = 0n;
     const send = (): void => {
-      payload = payloadFor(n + warmUp);
+      const n = Math.floor(step / sockets.length);
+      // Two sockets: A B, then B A, then A B...
+      which = sockets.length === 1 ? 0 : (step + n) % 2;
+      socket = sockets[which]!;
+      payload = payloadFor(step);
       received = 0;
       sentAt = process.hrtime.bigint();
       socket.write(payload);
     };
     const onData = (chunk: Buffer): void => {
       const now = process.hrtime.bigint();
+      const n = Math.floor(step / sockets.length) - warmUp; // negative while warming up
       if (received + chunk.length > ECHO_BYTES) return finish(new Error(`round trip ${n}: more bytes came back than were sent`));
       chunk.copy(got, received);
       received += chunk.length;
       if (received < ECHO_BYTES) return;
       if (!got.equals(payload)) return finish(new Error(`round trip ${n}: the echo differs from what was sent`));
-      if (n >= 0) micros[n] = Number(now - sentAt) / 1e3;
-      if (++n === count) return finish();
+      if (n >= 0) micros[which]![n] = Number(now - sentAt) / 1e3;
+      if (++step === steps) return finish();
       send();
     };
-    const onEnd = (): void => finish(new Error(`the connection ended after ${n + warmUp} round trips`));
-    const timer = setTimeout(() => finish(new Error(`${count + warmUp} round trips took over ${LOOP_TIMEOUT_MS} ms`)), LOOP_TIMEOUT_MS);
+    const onEnd = (): void => finish(new Error(`a connection ended after ${step} round trips`));
+    const timer = setTimeout(() => finish(new Error(`${steps} round trips took over ${LOOP_TIMEOUT_MS} ms`)), LOOP_TIMEOUT_MS);
     function finish(err?: Error): void {
       clearTimeout(timer);
-      socket.off('data', onData);
-      socket.off('error', finish);
-      socket.off('end', onEnd);
+      for (const s of sockets) {
+        s.off('data', onData);
+        s.off('error', finish);
+        s.off('end', onEnd);
+      }
       if (err === undefined) resolve(micros);
       else reject(err);
     }
-    socket.on('data', onData);
-    socket.on('error', finish);
-    socket.on('end', onEnd);
+    for (const s of sockets) {
+      s.on('data', onData);
+      s.on('error', finish);
+      s.on('end', onEnd);
+    }
     send();
   });
 }
@@ -160,14 +178,19 @@ function endAndClose(socket: Socket): Promise<void> {
   });
 }
 
-/** One connection to 127.0.0.1:`port`: `warmUp` round trips, then `count` measured ones. */
-export async function roundTrips(port: number, count: number, warmUp: number): Promise<Latency> {
-  const socket = await dial(port);
+/**
+ * One connection to 127.0.0.1 on each of `ports` (one, or two measured in turn round trip
+ * by round trip: roundTripLoop): `warmUp` round trips, then `count` measured ones; each
+ * port's latency.
+ */
+export async function roundTrips(ports: number[], count: number, warmUp: number): Promise<Latency[]> {
+  const sockets: Socket[] = [];
   try {
-    const micros = await roundTripLoop(socket, count, warmUp);
-    await endAndClose(socket);
-    return { p50Us: percentile(micros, 0.5), p99Us: percentile(micros, 0.99) };
+    for (const port of ports) sockets.push(await dial(port));
+    const micros = await roundTripLoop(sockets, count, warmUp);
+    for (const socket of sockets) await endAndClose(socket);
+    return micros.map((m) => ({ p50Us: percentile(m, 0.5), p99Us: percentile(m, 0.99) }));
   } finally {
-    socket.destroy();
+    for (const socket of sockets) socket.destroy();
   }
 }

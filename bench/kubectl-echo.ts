@@ -2,7 +2,8 @@
 // measurement), for the embedded section (connections.ts) and proxy mode (proxy.ts):
 // - connection rate: 2000 connections, 16 at a time, 64-byte echo each, after 200 to warm
 //   up; connections/s and the CPU the given server processes spend per connection;
-// - round-trip latency: 2000 sequential 64-byte round trips on one connection after 200.
+// - round-trip latency: 2000 sequential 64-byte round trips on one connection after 200;
+//   or on two at once, through two kubectls, in turn (kubectlLatencyPaired).
 
 import type { FakeApiServer } from '../test/support/fake-apiserver';
 import { startPortForward } from '../test/support/kubectl';
@@ -86,5 +87,18 @@ export function kubectlConnectionRate(
 
 /** Round-trip latency through kubectl to an echo app. */
 export function kubectlLatency(target: KubectlTarget): Promise<Latency> {
-  return throughKubectl(target, (port) => roundTrips(port, ROUND_TRIPS, WARM_UP_ROUND_TRIPS));
+  return throughKubectl(target, async (port) => (await roundTrips([port], ROUND_TRIPS, WARM_UP_ROUND_TRIPS))[0]!);
+}
+
+/**
+ * The same through two kubectls at once (two servers, one app), their round trips taken
+ * in turn: both servers measured at the same moments of the machine. Each one's latency.
+ */
+export function kubectlLatencyPaired(a: KubectlTarget, b: KubectlTarget): Promise<[Latency, Latency]> {
+  return throughKubectl(a, (portA) =>
+    throughKubectl(b, async (portB) => {
+      const [latencyA, latencyB] = await roundTrips([portA, portB], ROUND_TRIPS, WARM_UP_ROUND_TRIPS);
+      return [latencyA!, latencyB!];
+    }),
+  );
 }

@@ -8,10 +8,14 @@
 //   client's FIN, containerd holds every connection 1 s (it never half-closes the pod side
 //   and waits out its grace period): 16 connections/s at 16 in flight, a figure about
 //   containerd's semantics, not its cost;
-// - the 64-byte round-trip latency, p50 and p99 (kubectl-echo.ts).
+// - the 64-byte round-trip latency, p50 and p99 (kubectl-echo.ts), each side in its turn;
+// - and the same with both sides at once, their round trips taken in turn (pairedLatency):
+//   the p99 of one side's turn moves with whatever the machine did in those seconds (on
+//   one day ours read 1.1-3.5 ms from round to round, containerd's 0.8-5.1 ms), while
+//   interleaved round trip by round trip both sides meet the same moments.
 
 import type { FakeApiServer } from '../test/support/fake-apiserver';
-import { kubectlConnectionRate, kubectlLatency, throughKubectl, type KubectlTarget } from './kubectl-echo';
+import { kubectlConnectionRate, kubectlLatency, kubectlLatencyPaired, throughKubectl, type KubectlTarget } from './kubectl-echo';
 import { runLoad, type Direction } from './pod-side';
 import { cpuOf } from './proc';
 import { median } from './stats';
@@ -59,6 +63,9 @@ export interface Figures {
   outsideCpuMsPerConnection: number;
   p50Us: number;
   p99Us: number;
+  /** The same, measured interleaved with the other side's (pairedLatency). */
+  pairedP50Us: number;
+  pairedP99Us: number;
 }
 
 type Measurement = (side: Side, pod: Pod) => Promise<Partial<Figures>>;
@@ -107,6 +114,18 @@ export const MEASUREMENTS: Measurement[] = [
   },
 ];
 
+/**
+ * The round-trip latency of both sides at once, interleaved (kubectlLatencyPaired); `first`
+ * starts each pair of the first round trip, and the two swap every pair.
+ */
+export async function pairedLatency(first: Side, second: Side, pod: Pod): Promise<[Partial<Figures>, Partial<Figures>]> {
+  const [a, b] = await kubectlLatencyPaired(target(first, pod.id, pod.echoPort), target(second, pod.id, pod.echoPort));
+  return [
+    { pairedP50Us: a.p50Us, pairedP99Us: a.p99Us },
+    { pairedP50Us: b.p50Us, pairedP99Us: b.p99Us },
+  ];
+}
+
 /** Each figure's median over the rounds (taken figure by figure). */
 export function medians(rounds: Partial<Figures>[]): Figures {
   const of = (key: keyof Figures): number => median(rounds.map((r) => r[key]).filter((v): v is number => v !== undefined));
@@ -121,5 +140,7 @@ export function medians(rounds: Partial<Figures>[]): Figures {
     outsideCpuMsPerConnection: of('outsideCpuMsPerConnection'),
     p50Us: of('p50Us'),
     p99Us: of('p99Us'),
+    pairedP50Us: of('pairedP50Us'),
+    pairedP99Us: of('pairedP99Us'),
   };
 }

@@ -5,7 +5,8 @@
 // that warms both sides up and is reported on its own. The measurements of a
 // round are in proxy-rounds.ts: 256 MiB down and up (MB/s, server CPU s/GiB), the
 // connection rate (2000 connections a round) and CPU per connection (ours counts the
-// containerd CPU it causes), 64-byte round trips.
+// containerd CPU it causes), 64-byte round trips (each side in its turn, then both
+// interleaved).
 // Then the pass-through cost on ListPodSandbox.
 
 import { startPodApp, type PodApp } from '../test/support/apps';
@@ -14,7 +15,7 @@ import { sandboxNetns, type CriTestClient } from '../test/support/cri-client';
 import { FakeApiServer } from '../test/support/fake-apiserver';
 import { startProxy, stopProxy } from '../test/support/proxy';
 import { serverMetric } from '../test/support/server-process';
-import { medians, MEASUREMENTS, TRANSFER_BYTES, type Figures, type Pod, type Side } from './proxy-rounds';
+import { medians, MEASUREMENTS, pairedLatency, TRANSFER_BYTES, type Figures, type Pod, type Side } from './proxy-rounds';
 import { ECHO_BYTES } from './echo-client';
 import { median } from './stats';
 
@@ -68,14 +69,19 @@ async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ cont
   for (let round = 0; round < WARM_UP_ROUNDS + ROUNDS; round++) {
     const figures = { containerd: {} as Partial<Figures>, ours: {} as Partial<Figures> };
     const order = round % 2 === 0 ? (['containerd', 'ours'] as const) : (['ours', 'containerd'] as const);
+    const side = (name: 'ours' | 'containerd'): Side => (name === 'ours' ? ours : containerd);
     for (const measure of MEASUREMENTS) {
-      for (const name of order) Object.assign(figures[name], await measure(name === 'ours' ? ours : containerd, pod));
+      for (const name of order) Object.assign(figures[name], await measure(side(name), pod));
     }
+    const paired = await pairedLatency(side(order[0]), side(order[1]), pod);
+    Object.assign(figures[order[0]], paired[0]);
+    Object.assign(figures[order[1]], paired[1]);
     runs.containerd.push(figures.containerd);
     runs.ours.push(figures.ours);
     // Each round's own figures, for the scatter behind the medians (stdout has the table).
     const line = (f: Partial<Figures>): string =>
-      `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us`;
+      `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us, ` +
+      `paired p50 ${Math.round(f.pairedP50Us ?? 0)} us, p99 ${Math.round(f.pairedP99Us ?? 0)} us`;
     const name = round < WARM_UP_ROUNDS ? `warm-up round ${round}` : `round ${round - WARM_UP_ROUNDS}`;
     process.stderr.write(`proxy ${name}: ours ${line(figures.ours)}; containerd ${line(figures.containerd)}\n`);
   }
