@@ -122,16 +122,19 @@ static int connect_outcome_now(int fd) {
 }
 
 // Wait for a connect under way to end, until the deadline: 0 if connected, else its errno
-// (ETIMEDOUT at the deadline).
+// (ETIMEDOUT at the deadline). Past the deadline it still looks once: [::1] tried after
+// 127.0.0.1 timed out is refused at once, and says so, rather than "timed out" unasked.
 static int wait_connected(int fd, long long deadline) {
   for (;;) {
     long long left = deadline - now_ms();
-    if (left <= 0) return ETIMEDOUT;
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int n = poll(&p, 1, (int)left);
+    int n = poll(&p, 1, left > 0 ? (int)left : 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno;
-    if (n == 0) continue;  // re-check the deadline
+    if (n == 0) {
+      if (deadline - now_ms() <= 0) return ETIMEDOUT;
+      continue;
+    }
     int soerr = 0;
     socklen_t sl = sizeof soerr;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = errno;

@@ -255,6 +255,34 @@ describe('pod side: dial in the sandbox namespace and pipe', { skip }, () => {
     assert.equal(socketFdCount(), socketsBefore);
   });
 
+  it('waits out a connect the app does not answer (SYNs dropped), on a worker thread, then tries [::1]', async () => {
+    const echo = await app(netnsPath, 'echo', '127.0.0.1');
+    const silent = await app(netnsPath, 'echo', '127.0.0.1');
+    addon.forgetNetns();
+    const fdsBefore = await untilSteady('the fd count to settle', fdCount, { quietMs: 100 });
+    const drop = ['-p', 'tcp', '--dport', String(silent.port), '--syn', '-j', 'DROP'];
+    execFileSync('nsenter', [`--net=${netnsPath}`, 'iptables', '-I', 'INPUT', ...drop]);
+    try {
+      const quick = new Forwarder(store, { dialTimeoutMs: 1_000 });
+      closeSync(await quick.open(sandboxId, echo.port)); // leaves spares
+      // A spare's connect is still under way when dialSpare returns: a worker waits for it.
+      const left = addon.dialSpare(netnsPath, silent.port);
+      assert.ok(typeof left === 'object' && typeof left.connectingFd === 'number' && left.connectingFd >= 0, JSON.stringify(left));
+      const waited = Date.now();
+      const raw = await addon.dialInNetns(netnsPath, silent.port, 1_000, left.connectingFd, 0);
+      assert.ok(Date.now() - waited >= 900, 'waited for the deadline');
+      assert.deepEqual(raw, { fd: -1, errno4: 110 /* ETIMEDOUT */, errno6: 111 /* ECONNREFUSED */, nsErrno: 0 });
+      // And through the Forwarder, in upstream's words.
+      const err = await quick.open(sandboxId, silent.port).catch((e: unknown) => e as DialError);
+      assert.ok(err instanceof DialError);
+      assert.match(err.message, new RegExp(`IPv4: dial tcp4 127\\.0\\.0\\.1:${silent.port}: connect: connection timed out IPv6 dial tcp6 \\[::1\\]:${silent.port}: connect: connection refused $`));
+    } finally {
+      execFileSync('nsenter', [`--net=${netnsPath}`, 'iptables', '-D', 'INPUT', ...drop]);
+    }
+    addon.forgetNetns();
+    await until('the sockets to close', () => fdCount() === fdsBefore, { timeoutMs: 2_000 });
+  });
+
   it('opens the namespace once for a burst of dials and closes it once they stop', async () => {
     const echo = await app(netnsPath, 'echo', '127.0.0.1');
     addon.forgetNetns();
