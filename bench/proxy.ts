@@ -42,6 +42,12 @@ export interface ProxyBench {
   ourTrims: number;
   /** The warm-up round's figures (not in the medians). */
   firstRound: { ours: Partial<Figures>; containerd: Partial<Figures> };
+  /**
+   * The interleaved round trips' ratios ours / containerd, the median of each round's own:
+   * a pair measured at the same moments is compared within its round (the medians of each
+   * side taken apart may come from different rounds, and moments).
+   */
+  pairedRatios: { p50: number; p99: number };
 }
 
 async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: number }> {
@@ -111,7 +117,11 @@ export async function proxyBench(): Promise<ProxyBench> {
     const ourTrims = await serverMetric(server, 'cri_portforward_memory_trims_total');
     const listDirect = await listLatencies(direct);
     const listProxy = await listLatencies(viaProxy);
+    const measured = (name: 'ours' | 'containerd'): Partial<Figures>[] => runs[name].slice(WARM_UP_ROUNDS);
+    const pairedRatio = (pick: (f: Partial<Figures>) => number | undefined): number =>
+      median(measured('ours').map((f, round) => pick(f)! / pick(measured('containerd')[round]!)!));
     return {
+      pairedRatios: { p50: pairedRatio((f) => f.pairedP50Us), p99: pairedRatio((f) => f.pairedP99Us) },
       ours: medians(runs.ours.slice(WARM_UP_ROUNDS)),
       containerd: medians(runs.containerd.slice(WARM_UP_ROUNDS)),
       firstRound: { ours: runs.ours[0]!, containerd: runs.containerd[0]! },

@@ -173,19 +173,20 @@ async function proxyRows(): Promise<Row[]> {
     process.stderr.write('skipping the proxy benchmark: a private containerd needs root\n');
     return [];
   }
-  const { ours, containerd: theirs, listP50AddedMs, listRateRatio, ourTrims, firstRound } = await proxyBench();
+  const { ours, containerd: theirs, listP50AddedMs, listRateRatio, ourTrims, firstRound, pairedRatios } = await proxyBench();
   const warmUp = (what: string, pick: (f: Partial<typeof ours>) => number | undefined): Row => ({
     name: `proxy: warm-up round (a fresh server, not in the medians): ${what} ours / containerd`,
     value: round((pick(firstRound.ours) ?? NaN) / (pick(firstRound.containerd) ?? NaN)),
     unit: 'ratio',
   });
-  // Each figure for both sides, then ours / containerd's with its goal.
-  const versus = (what: string, pick: (f: typeof ours) => number, unit: string, digits: number | 'int', goal: string, ratioName: string): Row[] => {
+  // Each figure for both sides (medians), then ours / containerd's with its goal: the
+  // ratio of the medians, or `ratio` when given (the interleaved round trips' own).
+  const versus = (what: string, pick: (f: typeof ours) => number, unit: string, digits: number | 'int', goal: string, ratioName: string, ratio?: number): Row[] => {
     const value = (f: typeof ours): number => (digits === 'int' ? Math.round(pick(f)) : round(pick(f), digits));
     return [
       { name: `proxy: ${what}, ours`, value: value(ours), unit },
       { name: `proxy: ${what}, containerd`, value: value(theirs), unit },
-      { name: `proxy: ${ratioName}`, value: round(pick(ours) / pick(theirs)), unit: 'ratio', goal },
+      { name: `proxy: ${ratioName}`, value: round(ratio ?? pick(ours) / pick(theirs)), unit: 'ratio', goal },
     ];
   };
   return [
@@ -210,9 +211,10 @@ async function proxyRows(): Promise<Row[]> {
     ...versus('64 B round trip p50', (f) => f.p50Us, 'us', 'int', '<= 1.0', 'round trip p50 ours / containerd'),
     ...versus('64 B round trip p99', (f) => f.p99Us, 'us', 'int', '<= 1.0', 'round trip p99 ours / containerd'),
     // The same with the two sides' round trips interleaved one by one: both meet the same
-    // moments of the machine, which a side's p99 in its own turn mostly measures.
-    ...versus('64 B round trip p50, interleaved', (f) => f.pairedP50Us, 'us', 'int', '<= 1.0', 'round trip p50 interleaved ours / containerd'),
-    ...versus('64 B round trip p99, interleaved', (f) => f.pairedP99Us, 'us', 'int', '<= 1.0', 'round trip p99 interleaved ours / containerd'),
+    // moments of the machine, which a side's p99 in its own turn mostly measures. The
+    // ratio is the median of the rounds' own ratios (a pair is compared within its round).
+    ...versus('64 B round trip p50, interleaved', (f) => f.pairedP50Us, 'us', 'int', '<= 1.0', 'round trip p50 interleaved ours / containerd (median of rounds)', pairedRatios.p50),
+    ...versus('64 B round trip p99, interleaved', (f) => f.pairedP99Us, 'us', 'int', '<= 1.0', 'round trip p99 interleaved ours / containerd (median of rounds)', pairedRatios.p99),
     { name: 'proxy: ListPodSandbox p50 added', value: round(listP50AddedMs, 3), unit: 'ms' },
     { name: 'proxy: ListPodSandbox RPCs/s ours / direct', value: round(listRateRatio), unit: 'ratio', goal: '>= 0.8' },
     { name: 'proxy: memory trims in our server during the rounds', value: ourTrims, unit: 'count' },
