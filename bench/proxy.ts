@@ -29,8 +29,16 @@ const ROUNDS = 5;
  * the first round's 64-byte round trips pay for it in their tail (34 over 1 ms of 2000, then
  * 3-9). containerd (Go) has nothing to warm, so the first round measures our start-up cost,
  * and the medians what a node sees for the rest of the server's life.
+ *
+ * One round is not enough for that: each change of workload (transfers, then a churn of
+ * connections, then round trips) throws away some of the code V8 optimized for the last
+ * one ("wrong map" deopts in Node's stream code, then recompiles: 127 compiles in the first
+ * churn, 36, 9, 4 in the next ones, though 78 again in a fifth), and our CPU per connection
+ * kept falling through the first five rounds in both runs that showed each round (0.64,
+ * 0.61, 0.57, 0.49, 0.46 ms, while containerd's held at 1.10-1.29). So three rounds warm
+ * both sides up; the first is reported on its own.
  */
-const WARM_UP_ROUNDS = 1;
+const WARM_UP_ROUNDS = 3;
 const LIST_CALLS = 2000;
 
 export interface ProxyBench {
@@ -40,7 +48,7 @@ export interface ProxyBench {
   listRateRatio: number;
   /** Memory trims our server did during the rounds (each makes the next session compile its data path again). */
   ourTrims: number;
-  /** The warm-up round's figures (not in the medians). */
+  /** The first warm-up round's figures (not in the medians): a fresh server. */
   firstRound: { ours: Partial<Figures>; containerd: Partial<Figures> };
   /**
    * The interleaved round trips' ratios ours / containerd, the median of each round's own:

@@ -23,7 +23,7 @@
 //   round-trip latency through kubectl
 //   (p50, p99) next to the same loop against an echo app on the host loopback;
 // - proxy mode against a private containerd 1.6, kubectl via containerd's streaming server
-//   and via ours, alternating, medians of 5 after a warm-up round (reported on its own, its
+//   and via ours, alternating, medians of 5 after three warm-up rounds (the first reported on its own, its
 //   ratios without goals: our first thousands of connections pay for V8's compiles): 256 MiB down and up (goals: throughput >= 1.0x,
 //   download CPU <= 1.0x containerd's, upload CPU <= 0.6x), the connection rate (2000
 //   connections a round to an app that answers 64 bytes and closes; goal >= 1.5x) and CPU per
