@@ -6,6 +6,7 @@
 import { createServer } from 'node:net';
 import { Forwarder } from '../src/netns/forwarder';
 import { Pipe } from '../src/pipe';
+import { DuplexClient } from '../src/pipe-client';
 import { podPorts } from '../src/policy/port-policy';
 
 const [netnsArg, targetPort] = process.argv.slice(2);
@@ -16,7 +17,7 @@ const forwarder = new Forwarder({ resolve: async (id) => ({ id, ready: true, net
 const server = createServer({ allowHalfOpen: true }, async (clientSide) => {
   server.close();
   const cpuAtStart = process.cpuUsage();
-  const pipe = new Pipe(clientSide, await forwarder.open('bench', Number(targetPort)));
+  const pipe = new Pipe(new DuplexClient(clientSide), await forwarder.open('bench', Number(targetPort)));
   const result = await pipe.done;
   const cpu = process.cpuUsage(cpuAtStart);
   process.stdout.write(JSON.stringify({ cpuSeconds: (cpu.user + cpu.system) / 1e6, outcome: result.outcome }) + '\n');

@@ -1,5 +1,6 @@
-// Copies bytes both ways between a client-side duplex (a SPDY stream, a WebSocket channel,
-// a TCP socket in tests) and the pod socket, the way socat does:
+// Copies bytes both ways between a client side (pipe-client.ts: a SPDY stream, or a Node
+// Duplex such as a WebSocket channel or a TCP socket in tests) and the pod socket, the way
+// socat does:
 //
 // - backpressure both ways: a slow reader pauses its writer;
 // - half-close is propagated: the client's end becomes a FIN to the pod (containerd closes
@@ -34,10 +35,10 @@
 // (test/integration/pod-side.test.ts and buffer-budget.test.ts check these).
 
 import { closeSync } from 'node:fs';
-import type { Duplex } from 'node:stream';
 import { BudgetedBound, type BufferBudget } from './buffer-budget';
 import { connectionEnded, connectionStarted } from './memory-trim';
 import { addon } from './netns/addon';
+import type { PipeClient, PipeClientEvents } from './pipe-client';
 import { PodSocket, socketError } from './pod-socket';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
@@ -99,9 +100,6 @@ export interface PipeResult {
   bytesToClient: number;
 }
 
-/** A client side whose chunks are views of buffers it reuses once told (a SPDY stream). */
-type ReleasingDuplex = Duplex & { releaseChunk?(chunk: Buffer): void };
-
 /** A pipe as an upgrade hands it over (freeze(), then exportState()); JSON. */
 export interface PipeState {
   /** Index of the pod socket among the fds passed. */
@@ -123,9 +121,9 @@ export interface PipeOptions {
 }
 
 export class Pipe {
-  readonly #client: Duplex;
-  /** The client side's releaseChunk, if its chunks are views of buffers it reuses. */
-  readonly #releaseChunk: ((chunk: Buffer) => void) | undefined;
+  readonly #client: PipeClient;
+  /** Its chunks are views of buffers it reuses once released. */
+  readonly #clientReleases: boolean;
   /** Client chunks queued on the pod socket, oldest first, while they must be released. */
   readonly #podQueue: Buffer[] = [];
   readonly #graceMs: number;
@@ -162,10 +160,9 @@ export class Pipe {
    * Start copying between `client` and the connected pod socket `podFd` (from
    * Forwarder.open). From here on the pipe owns both: it ends or destroys them.
    */
-  constructor(client: Duplex, podFd: number, options: PipeOptions = {}, adopted?: PipeState) {
+  constructor(client: PipeClient, podFd: number, options: PipeOptions = {}, adopted?: PipeState) {
     this.#client = client;
-    const release = (client as ReleasingDuplex).releaseChunk;
-    this.#releaseChunk = typeof release === 'function' ? release.bind(client) : undefined;
+    this.#clientReleases = client.releasesChunks;
     this.#graceMs = options.graceMs ?? DEFAULT_HALF_CLOSE_GRACE_MS;
     this.#podFd = podFd;
     connectionStarted();
@@ -197,16 +194,10 @@ export class Pipe {
       this.#lastMovedAt = Date.now() - adopted.idleMs;
       this.#frozen = true;
     }
-    client.on('error', this.#onClientError);
-    if (client.destroyed) {
-      // The client went away while the pod was being dialled.
-      this.#finish(client.errored ? 'client-error' : 'client-closed', client.errored ?? undefined);
-      return;
-    }
-    client.on('data', this.#onClientData);
-    client.on('end', this.#onClientEnd);
-    client.on('close', this.#onClientClose);
-    if (client.readableEnded) this.#onClientEnd();
+    const events: PipeClientEvents = { onData: this.#onClientData, onEnd: this.#onClientEnd, onClose: this.#onClientClose, onError: this.#onClientError };
+    client.attach(events);
+    // The client went away while the pod was being dialled.
+    if (client.destroyed) this.#finish(client.errored ? 'client-error' : 'client-closed', client.errored ?? undefined);
   }
 
   // ---- upgrade handover: freeze, wait until quiet, exportState; or thaw -------------
@@ -338,7 +329,7 @@ export class Pipe {
       setImmediate(this.#uncorkPod);
     }
     let queued: boolean;
-    if (this.#releaseChunk === undefined) {
+    if (!this.#clientReleases) {
       queued = this.pod.write(chunk);
     } else {
       this.#podQueue.push(chunk);
@@ -354,7 +345,7 @@ export class Pipe {
   // socket holds it no more.
   readonly #onPodChunkWritten = (): void => {
     const chunk = this.#podQueue.shift();
-    if (chunk !== undefined) this.#releaseChunk!(chunk);
+    if (chunk !== undefined) this.#client.releaseChunk(chunk);
   };
 
   readonly #uncorkPod = (): void => {
@@ -455,8 +446,7 @@ export class Pipe {
   // its protocol (a SPDY stream closes when the peer's FIN comes, or with its session).
   #endCleanly(): void {
     const client = this.#client;
-    client.off('data', this.#onClientData);
-    client.resume();
+    client.discard();
     if (!client.writableEnded) client.end();
     this.#endPodSoon();
   }

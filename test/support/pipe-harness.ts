@@ -4,6 +4,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { Forwarder } from '../../src/netns/forwarder';
 import { Pipe, type PipeResult } from '../../src/pipe';
+import { DuplexClient } from '../../src/pipe-client';
 import type { PodSocket } from '../../src/pod-socket';
 
 export interface Forwarded {
@@ -43,7 +44,7 @@ export class PipeHarness {
     const clientSide = await accepted;
     try {
       const podFd = await forwarder.open(sandboxId, port);
-      const pipe = new Pipe(clientSide, podFd, graceMs === undefined ? {} : { graceMs });
+      const pipe = new Pipe(new DuplexClient(clientSide), podFd, graceMs === undefined ? {} : { graceMs });
       return { client, clientSide, pod: pipe.pod, result: pipe.done };
     } catch (err) {
       client.destroy();

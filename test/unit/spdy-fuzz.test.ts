@@ -361,7 +361,7 @@ async function runSession(
         session.reset(stream, actRng.pick([1, 3, 5, 6, 7, 8, 9, 11]), 'fuzz'); // not 2: INVALID_STREAM is checked apart
         break;
       case 5:
-        stream.resume();
+        stream.discard();
         break;
       case 6:
         session.reply(stream);
@@ -379,7 +379,6 @@ async function runSession(
     log,
     onStream: (stream, s) => {
       opened++;
-      stream.on('error', () => undefined);
       act(stream, s);
       setImmediate(() => act(stream, s));
     },

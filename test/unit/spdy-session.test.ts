@@ -64,7 +64,6 @@ async function sessionWithDataStream(transport: Duplex): Promise<{ session: Spdy
     idleTimeoutMs: 60_000,
     log,
     onStream: (s) => {
-      s.on('error', () => undefined);
       stream = s;
     },
   });
@@ -83,7 +82,6 @@ interface HarnessOptions {
 /** A session over a TCP socket pair, with a peer that builds and reads frames. */
 class Harness {
   readonly streams: SpdyStream[] = [];
-  readonly streamErrors = new Map<number, Error>();
   readonly peer = new FrameCollector();
   readonly deflater = new PeerDeflater();
   readonly inflater = new PeerInflater();
@@ -106,7 +104,6 @@ class Harness {
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
       log,
       onStream: (stream, s) => {
-        stream.on('error', (err) => harness!.streamErrors.set(stream.id, err));
         harness!.streams.push(stream);
         options.onStream?.(stream, s);
       },
@@ -192,9 +189,12 @@ async function withHarness(fn: (h: Harness) => Promise<void>, options?: HarnessO
 function readAll(stream: SpdyStream): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
-    stream.on('data', (c: Buffer) => parts.push(c));
-    stream.once('end', () => resolve(Buffer.concat(parts)));
-    stream.once('error', reject);
+    stream.attach({
+      onData: (c) => parts.push(c),
+      onEnd: () => resolve(Buffer.concat(parts)),
+      onClose: () => reject(new Error(`stream ${stream.id} closed before its end`)),
+      onError: reject,
+    });
   });
 }
 
@@ -252,7 +252,6 @@ describe('SpdySession', () => {
       streams.map((s) => s.id),
       [1, 3],
     );
-    for (const s of streams) s.on('error', () => undefined);
     pair.destroy();
     assert.equal(await session.ended, 'transport-closed');
     deflater.close();
@@ -368,7 +367,7 @@ describe('SpdySession', () => {
       assert.equal(describeFrame(await h.peer.next()), 'SYN_REPLY 1');
       h.send(rstStreamFrame(1, RST.Cancel));
       await until('stream destroyed', () => s.destroyed);
-      const err = h.streamErrors.get(1);
+      const err = h.streams.find((s) => s.id === 1)?.errored;
       assert.ok(err instanceof StreamResetError, String(err));
       assert.equal(err.rstCode, RST.Cancel);
       assert.equal(h.session.streamCount, 0);
@@ -604,7 +603,7 @@ describe('SpdySession', () => {
       h.pair.client.end();
       assert.equal(await withTimeout(h.session.ended, 5000, 'session.ended'), 'transport-closed');
       assert.equal(s.destroyed, true);
-      assert.ok(h.streamErrors.get(1) instanceof Error);
+      assert.ok(h.streams.find((s) => s.id === 1)?.errored instanceof Error);
     }));
 
   it('close() sends GOAWAY OK with the last stream id, ends the transport and destroys streams without RSTs', () =>
@@ -648,7 +647,7 @@ describe('SpdySession', () => {
       assert.equal(s3.readableLength, 0, 'head-of-line: the other stream waits too');
       // read it all: the connection is read again and everything arrives
       let received = 0;
-      s.on('data', (c: Buffer) => (received += c.length));
+      s.attach({ onData: (c) => (received += c.length), onEnd: () => undefined, onClose: () => undefined, onError: () => undefined });
       const got3 = readAll(s3);
       await until('all data', () => received === total, 10_000);
       assert.equal((await got3).toString(), 'behind the stalled stream');
@@ -724,7 +723,6 @@ describe('SpdySession', () => {
       idleTimeoutMs: 60_000,
       log,
       onStream: (s, sess) => {
-        s.on('error', () => undefined);
         streams.push(s);
         sess.reply(s);
       },
@@ -744,8 +742,7 @@ describe('SpdySession', () => {
       const s = await h.open(1);
       const length = 0xffffff;
       let received = 0;
-      s.on('data', (c: Buffer) => (received += c.length));
-      const ended = new Promise((r) => s.once('end', r));
+      const ended = new Promise((r) => s.attach({ onData: (c) => (received += c.length), onEnd: () => r(undefined), onClose: () => undefined, onError: () => undefined }));
       h.pair.client.write(dataFrameHeader(1, length, FIN));
       const piece = Buffer.alloc(1024 * 1024);
       for (let sent = 0; sent < length; sent += piece.length) {
@@ -776,7 +773,6 @@ describe('SpdySession', () => {
       idleTimeoutMs: 60_000,
       log,
       onStream: (stream) => {
-        stream.on('error', () => undefined); // the session's end destroys it with an error
         session.reply(stream);
       },
     });
@@ -891,7 +887,6 @@ describe('SpdySession', () => {
     d.transport.push(pingFrame(3));
     await until('the second ping echo', () => d.frames().filter((f) => f.control && f.type === T.Ping).length === 2);
     assert.equal(streams[0]!.readableLength, STREAM_RECEIVE_BUFFER_BYTES + 1024, 'unread');
-    streams[0]!.on('error', () => undefined);
     await d.close();
   });
 

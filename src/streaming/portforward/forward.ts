@@ -6,13 +6,13 @@
 // policy, metrics and logs are the same for SPDY and WebSocket; the front end only carries
 // the verdict out.
 
-import type { Duplex } from 'node:stream';
 import type { BufferBudget } from '../../buffer-budget';
 import type { MovableSessions } from '../../handover/movable';
 import type { LogFields, Logger } from '../../log';
 import type { Metrics } from '../../metrics';
 import { DialError, type Forwarder } from '../../netns/forwarder';
 import { Pipe } from '../../pipe';
+import type { PipeClient } from '../../pipe-client';
 import type { PortPolicy } from '../../policy/port-policy';
 import type { PodIdentity } from '../../policy/port-policy';
 import type { ResolvedSandbox } from '../../sandbox/types';
@@ -46,7 +46,7 @@ export interface ForwardRequest {
   grant: SessionGrant;
   port: number;
   /** The client side of this connection: a SPDY data stream or a WebSocket data channel. */
-  client: Duplex;
+  client: PipeClient;
   /** Label for logs and metrics, e.g. "spdy". */
   protocol: string;
   /** The session ended while the pod was being dialled: nothing is piped. */

@@ -132,8 +132,7 @@ export class SpdyPortForwardSession {
       return;
     }
     pair[type] = stream;
-    stream.on('error', () => undefined); // resets are expected; the pipe or the pair handles them
-    if (type === 'error') stream.resume(); // the client only half-closes it
+    if (type === 'error') stream.discard(); // the client only half-closes it
     if (pair.error !== undefined && pair.data !== undefined) {
       this.#pairs.delete(requestId);
       void this.#forward(pair.error, pair.data, port);
@@ -272,8 +271,7 @@ export class SpdyPortForwardSession {
       void pipeForward(this.#deps, this.#request(f.port, data), f.pod, pipe, f.started).then((verdict) => this.#forwarded(forward, verdict));
     }
     for (const stream of session.streams) {
-      stream.on('error', () => undefined);
-      if (!claimed.has(stream.id) || stream.headers.get('streamtype') === 'error') stream.resume();
+      if (!claimed.has(stream.id) || stream.headers.get('streamtype') === 'error') stream.discard();
     }
   }
 

@@ -10,6 +10,7 @@ import type { WebSocket } from 'ws';
 import { frozenNow, type AdoptedSession, type MovableSession, type MovedSession } from '../../handover/movable';
 import { holdReads, releaseReads, releaseSocket, socketFd } from '../../handover/sockets';
 import { Pipe, type PipeState } from '../../pipe';
+import { DuplexClient } from '../../pipe-client';
 import type { PodIdentity } from '../../policy/port-policy';
 import { BudgetedBound } from '../../buffer-budget';
 import { FEW_STREAMS_BULK_SLAB_BYTES, readIntoOwnedSlabs, type ChunkTracker } from '../owned-reads';
@@ -283,7 +284,7 @@ class ChannelSession implements ChannelOwner, MovableSession {
         return Promise.resolve();
       }
       const data = this.#data[i]!;
-      const pipe = new Pipe(data, fds[f.pipe.podFd]!, { graceMs: this.deps.halfCloseGraceMs, budget: this.deps.budget }, f.pipe);
+      const pipe = new Pipe(new DuplexClient(data), fds[f.pipe.podFd]!, { graceMs: this.deps.halfCloseGraceMs, budget: this.deps.budget }, f.pipe);
       this.#forwards[i] = { state: 'piping', pipe, pod: f.pod, started: f.started };
       this.#adoptedPipes.push(pipe);
       return pipeForward(this.deps, this.#request(i), f.pod, pipe, f.started).then((verdict) => this.#forwarded(i, verdict));
@@ -304,7 +305,7 @@ class ChannelSession implements ChannelOwner, MovableSession {
   }
 
   #request(i: number, onPiped?: ForwardRequest['onPiped']): ForwardRequest {
-    return { grant: this.grant, port: this.grant.ports[i]!, client: this.#data[i]!, protocol: 'websocket', isAborted: () => this.#closed, onPiped };
+    return { grant: this.grant, port: this.grant.ports[i]!, client: new DuplexClient(this.#data[i]!), protocol: 'websocket', isAborted: () => this.#closed, onPiped };
   }
 
   async #forward(i: number): Promise<void> {

@@ -10,6 +10,7 @@
 // connection is no longer read until that stream is read.
 
 import type { Duplex } from 'node:stream';
+import type { WriteCallback } from '../../pipe-client';
 import { BudgetedBound, type BufferBudget } from '../../buffer-budget';
 import { ChurnMap } from '../../churn-map';
 import type { Logger } from '../../log';
@@ -241,7 +242,7 @@ export class SpdySession implements FrameSink, StreamOwner {
 
   /**
    * Reset one stream with a code; the session goes on. The stream is destroyed without an
-   * error: its owner asked for this, and an 'error' nobody listens to would crash us.
+   * error: its owner asked for this (its reader, if any, hears of a close).
    */
   reset(stream: SpdyStream, code: RstCode, why: string): void {
     this.#options.log.debug('resetting SPDY stream', { streamId: stream.id, code, why });
@@ -404,7 +405,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#options.chunks?.release(chunk);
   }
 
-  writeData(stream: SpdyStream, chunk: Buffer, callback: (err?: Error | null) => void): void {
+  writeData(stream: SpdyStream, chunk: Buffer, callback: WriteCallback): void {
     if (this.#endReason !== undefined || stream.localClosed) {
       callback(new Error('SPDY stream is closed'));
       return;
@@ -413,16 +414,12 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#out.data(stream.id, chunk, callback);
   }
 
-  writeFin(stream: SpdyStream, callback: (err?: Error | null) => void): void {
-    if (this.#endReason !== undefined || stream.localClosed) {
-      callback();
-      return;
-    }
+  writeFin(stream: SpdyStream): void {
+    if (this.#endReason !== undefined || stream.localClosed) return;
     if (!stream.replied) this.reply(stream);
     stream.localFin();
     this.#out.fin(stream.id);
     this.#forgetIfClosed(stream);
-    callback();
   }
 
   streamWantsData(stream: SpdyStream): void {
@@ -442,8 +439,11 @@ export class SpdySession implements FrameSink, StreamOwner {
     if (this.#waitingFor === stream) this.#stopWaiting(stream);
   }
 
+  // Closed both ways: nothing more can come or go, and no destroy() need follow.
   #forgetIfClosed(stream: SpdyStream): void {
-    if (stream.state === 'closed') this.#streams.delete(stream.id);
+    if (stream.state !== 'closed') return;
+    this.#streams.delete(stream.id);
+    stream.receiveBound.release();
   }
 
   #wait(reason: SpdyStream): void {

@@ -5,10 +5,16 @@
 // it another period; none, and it is reset (destroyed with an error: the session sends
 // RST_STREAM CANCEL, and the pipe destroys the pod side too, as its app is not reading).
 
-import type { Readable } from 'node:stream';
 import type { Logger } from '../../log';
 
-export class StallWatch<S extends Readable & { readonly id: number }> {
+/** What the watch needs of a stream. */
+export interface WatchedStream {
+  readonly id: number;
+  readonly readableLength: number;
+  destroy(err: Error): void;
+}
+
+export class StallWatch<S extends WatchedStream> {
   #timer: NodeJS.Timeout | undefined;
   #stream: S | undefined;
   #held = 0;

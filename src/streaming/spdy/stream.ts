@@ -1,19 +1,28 @@
-// One SPDY stream as a Node Duplex: what the peer sends on it is readable, what we write
-// becomes DATA frames, end() sends FIN, destroy() before both sides closed sends
-// RST_STREAM. The session does the framing; the stream keeps its own state, which changes
-// only through the transition methods below (the session calls them, and sends what they
-// say must be sent).
+// One SPDY stream, as a pipe's client side (pipe-client.ts): what the peer sends on it is
+// delivered to its reader, what we write becomes DATA frames, end() sends FIN, destroy()
+// before both sides closed sends RST_STREAM. The session does the framing; the stream
+// keeps its own state, which changes only through the transition methods below (the
+// session calls them, and sends what they say must be sent).
+//
+// Not a Node Duplex (pipe-client.ts says why): its fields are all made in the constructor,
+// so every stream has one shape, and it holds no per-connection state objects or
+// listeners. What it keeps of Duplex's contract: delivery in order, a reader's pause()
+// honoured at once (a payload arriving while paused is queued), resume() and attach()
+// delivering what waits on a later tick, the end after the last byte, an error or close
+// reported on a later tick, write callbacks in the order of the writes.
 
-import { Duplex } from 'node:stream';
 import type { BudgetedBound } from '../../buffer-budget';
+import type { PipeClient, PipeClientEvents, WriteCallback } from '../../pipe-client';
 import { RstCode } from './constants';
 import { StreamResetError } from './errors';
 import type { HeaderMap } from './headers';
 
 /** What a stream asks of its session (implemented by SpdySession). */
 export interface StreamOwner {
-  writeData(stream: SpdyStream, chunk: Buffer, callback: (err?: Error | null) => void): void;
-  writeFin(stream: SpdyStream, callback: (err?: Error | null) => void): void;
+  /** `callback` runs when the payload is the session's (copied) or the transport has taken it. */
+  writeData(stream: SpdyStream, chunk: Buffer, callback: WriteCallback): void;
+  writeFin(stream: SpdyStream): void;
+  /** The stream's unread bytes went under its low-water mark: the parser may go on. */
   streamWantsData(stream: SpdyStream): void;
   streamDestroyed(stream: SpdyStream, err: Error | null): void;
   /** A DATA payload this stream pushed has been consumed for good (see releaseChunk). */
@@ -40,10 +49,34 @@ export type StreamState =
   | 'reset-by-peer'
   | 'reset-locally';
 
-export class SpdyStream extends Duplex {
+/** Bytes written and not yet called back past which write() says false. */
+const WRITABLE_HIGH_WATER_MARK = 64 * 1024;
+
+export class SpdyStream implements PipeClient {
   #state: StreamState = 'open';
   /** SYN_REPLY sent (orthogonal to the state: a peer may half-close before we reply). */
   #replied = false;
+  // ---- the readable side: DATA from the peer
+  #reader: PipeClientEvents | undefined = undefined;
+  /** Delivering (not paused); with no reader, payloads are dropped. */
+  #flowing = false;
+  #discarding = false;
+  /** Payloads not delivered yet (paused, or no reader yet), oldest first. */
+  #unread: Buffer[] | undefined = undefined;
+  #unreadBytes = 0;
+  /** The peer's FIN came and is delivered after the unread payloads. */
+  #endPending = false;
+  #flowScheduled = false;
+  /** Under this many unread bytes the session may hand the stream more (its base bound). */
+  readonly #lowWater: number;
+  // ---- the writable side: DATA to the peer
+  /** Lengths and callbacks of writes not yet called back, in pairs, oldest first. */
+  readonly #writes: (number | WriteCallback | undefined)[] = [];
+  #writableLength = 0;
+  #writableEnded = false;
+  #destroyed = false;
+  #errored: Error | null = null;
+  readonly releasesChunks = true;
 
   constructor(
     readonly id: number,
@@ -52,13 +85,8 @@ export class SpdyStream extends Duplex {
     /** How much unread data it may hold before the session stops reading the connection. */
     readonly receiveBound: BudgetedBound,
   ) {
-    super({
-      allowHalfOpen: true,
-      // push() says false past the base bound; the session then asks the budget.
-      readableHighWaterMark: receiveBound.limit,
-      // Writes are handed straight to the connection; the pipe waits for each callback.
-      writableHighWaterMark: 64 * 1024,
-    });
+    // push() says false past the base bound; the session then asks the budget.
+    this.#lowWater = receiveBound.limit;
   }
 
   /**
@@ -70,7 +98,7 @@ export class SpdyStream extends Duplex {
     const stream = new SpdyStream(id, headers, owner, bound);
     stream.#state = state;
     stream.#replied = replied;
-    if (stream.remoteClosed) stream.push(null);
+    if (stream.remoteClosed) stream.#endPending = true;
     return stream;
   }
 
@@ -105,11 +133,12 @@ export class SpdyStream extends Duplex {
     return true;
   }
 
-  /** The peer's FIN: the readable side ends. */
+  /** The peer's FIN: the readable side ends (after what is unread). */
   remoteFin(): boolean {
     if (this.remoteClosed) return false;
     this.#state = this.#state === 'half-closed-local' ? 'closed' : 'half-closed-remote';
-    this.push(null);
+    if (this.#flowing && this.#unreadBytes === 0) this.#deliverEnd();
+    else this.#endPending = true;
     return true;
   }
 
@@ -121,11 +150,11 @@ export class SpdyStream extends Duplex {
   }
 
   /**
-   * The peer's RST_STREAM: readers see a StreamResetError; no RST goes back. A CANCEL after
-   * our FIN is the peer being done with a stream whose other half has ended, not a failure:
-   * client-go (1.29+) resets every data stream so once the pod's side has ended (to drop
-   * what it has not sent yet). The stream then just closes, as if the client side had
-   * closed, and nothing reports an error for a connection that went as it should.
+   * The peer's RST_STREAM: the reader sees a StreamResetError; no RST goes back. A CANCEL
+   * after our FIN is the peer being done with a stream whose other half has ended, not a
+   * failure: client-go (1.29+) resets every data stream so once the pod's side has ended
+   * (to drop what it has not sent yet). The stream then just closes, as if the client
+   * side had closed, and nothing reports an error for a connection that went as it should.
    */
   resetByPeer(code: number): void {
     if (this.isReset) return;
@@ -141,30 +170,156 @@ export class SpdyStream extends Duplex {
     return true;
   }
 
-  // ---- Duplex --------------------------------------------------------------------------
+  // ---- the readable side ----------------------------------------------------------------
 
   /**
-   * The reader is done with a chunk it read from this stream (the pod socket has written
-   * it), so the buffer it is a view of may be reused (streaming/owned-reads.ts).
+   * A DATA payload from the session: delivered now if the reader takes it, else kept.
+   * False once the stream keeps its low-water mark or more (the session then decides
+   * whether the parser waits for it).
    */
+  push(payload: Buffer): boolean {
+    if (this.#destroyed) {
+      this.owner.chunkReleased(payload);
+      return true;
+    }
+    if (this.#flowing && this.#unreadBytes === 0) {
+      this.#deliver(payload);
+      return true;
+    }
+    (this.#unread ??= []).push(payload);
+    this.#unreadBytes += payload.length;
+    return this.#unreadBytes < this.#lowWater;
+  }
+
+  get readableLength(): number {
+    return this.#unreadBytes;
+  }
+
+  attach(reader: PipeClientEvents): void {
+    this.#reader = reader;
+    this.#discarding = false;
+    this.resume();
+  }
+
+  discard(): void {
+    this.#discarding = true;
+    this.resume();
+  }
+
+  pause(): void {
+    this.#flowing = false;
+  }
+
+  resume(): void {
+    if (this.#destroyed) return;
+    this.#flowing = true;
+    if ((this.#unreadBytes > 0 || this.#endPending) && !this.#flowScheduled) {
+      this.#flowScheduled = true;
+      process.nextTick(SpdyStream.#flow, this);
+    }
+  }
+
+  /** The reader is done with a chunk it was given: its read slab may be reused (owned-reads.ts). */
   releaseChunk(chunk: Buffer): void {
     this.owner.chunkReleased(chunk);
   }
 
-  override _read(): void {
-    this.owner.streamWantsData(this);
+  // What waits, in order, while the reader lets it (it may pause in onData).
+  static #flow(stream: SpdyStream): void {
+    stream.#flowScheduled = false;
+    const unread = stream.#unread;
+    while (stream.#flowing && stream.#unreadBytes > 0) {
+      const payload = unread!.shift()!;
+      stream.#unreadBytes -= payload.length;
+      stream.#deliver(payload);
+    }
+    if (stream.#flowing && stream.#endPending) {
+      stream.#endPending = false;
+      stream.#deliverEnd();
+    }
+    if (!stream.#destroyed && stream.#unreadBytes < stream.#lowWater) stream.owner.streamWantsData(stream);
   }
 
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    this.owner.writeData(this, chunk, callback);
+  #deliver(payload: Buffer): void {
+    if (this.#discarding || this.#reader === undefined) this.owner.chunkReleased(payload);
+    else this.#reader.onData(payload);
   }
 
-  override _final(callback: (err?: Error | null) => void): void {
-    this.owner.writeFin(this, callback);
+  #deliverEnd(): void {
+    if (!this.#discarding) this.#reader?.onEnd();
   }
 
-  override _destroy(err: Error | null, callback: (err: Error | null) => void): void {
-    this.owner.streamDestroyed(this, err);
-    callback(err);
+  // ---- the writable side ----------------------------------------------------------------
+
+  /** DATA (a SYN_REPLY first if none went yet). Text is sent as UTF-8 (an error stream's message). */
+  write(chunk: Buffer | string, callback?: WriteCallback): boolean {
+    const payload = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (this.#destroyed || this.#writableEnded) {
+      if (callback !== undefined) process.nextTick(callback, new Error('SPDY stream is closed'));
+      return false;
+    }
+    if (payload.length === 0) {
+      if (callback !== undefined) process.nextTick(callback);
+      return true;
+    }
+    this.#writableLength += payload.length;
+    this.#writes.push(payload.length, callback);
+    this.owner.writeData(this, payload, this.#written);
+    return this.#writableLength < WRITABLE_HIGH_WATER_MARK;
   }
+
+  // The session calls writes back in the order they were made (the transport writes in order).
+  readonly #written = (err?: Error | null): void => {
+    this.#writableLength -= this.#writes.shift() as number;
+    const callback = this.#writes.shift() as WriteCallback | undefined;
+    if (callback !== undefined) callback(err);
+  };
+
+  get writableLength(): number {
+    return this.#writableLength;
+  }
+
+  /** FIN, after `chunk` if given. */
+  end(chunk?: Buffer | string): void {
+    if (this.#writableEnded || this.#destroyed) return;
+    if (chunk !== undefined) this.write(chunk);
+    this.#writableEnded = true;
+    this.owner.writeFin(this);
+  }
+
+  get writableEnded(): boolean {
+    return this.#writableEnded;
+  }
+
+  // ---- ending -----------------------------------------------------------------------------
+
+  /**
+   * Done with the stream: unread payloads are dropped and the session forgets it (with an
+   * RST_STREAM unless both sides had closed). The reader hears of it on a later tick.
+   */
+  destroy(err?: Error): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.#errored = err ?? null;
+    this.#flowing = false;
+    this.#endPending = false;
+    const unread = this.#unread;
+    if (unread !== undefined) for (const payload of unread.splice(0)) this.owner.chunkReleased(payload);
+    this.#unreadBytes = 0;
+    this.owner.streamDestroyed(this, this.#errored);
+    if (this.#reader !== undefined) process.nextTick(tellDestroyed, this.#reader, this.#errored);
+  }
+
+  get destroyed(): boolean {
+    return this.#destroyed;
+  }
+
+  get errored(): Error | null {
+    return this.#errored;
+  }
+}
+
+function tellDestroyed(reader: PipeClientEvents, err: Error | null): void {
+  if (err === null) reader.onClose();
+  else reader.onError(err);
 }
