@@ -206,7 +206,7 @@ describe('FrameParser', () => {
     assert.deepEqual([b.streamId, b.payload.length, b.fin], [7, 0, false]);
   });
 
-  it('hands out every control type with its flags and an own copy of its body', () => {
+  it('hands out every control type with its flags and its body', () => {
     const frames: [number, Buffer][] = [
       [T.SynStream, controlFrame(T.SynStream, FIN, Buffer.from('0123456789block'))],
       [T.SynReply, controlFrame(T.SynReply, 0, Buffer.from('\0\0\0\x01block'))],
@@ -227,7 +227,6 @@ describe('FrameParser', () => {
       assert.equal(e.type, type);
       assert.equal(e.flags, frame[4]);
       assert.deepEqual(e.body, frame.subarray(8));
-      if (e.body.length > 0) assert.notEqual(e.body.buffer, chunk.buffer, 'control bodies are copied');
     });
   });
 

@@ -27,7 +27,7 @@ import { controlFrameHeader, dataFrameHeader } from './frames';
 export interface FrameSink {
   /** A piece of a DATA frame's payload (maybe empty); `fin` only on the frame's last piece. */
   onData(streamId: number, payload: Buffer, fin: boolean): void;
-  /** A whole control frame of a known type; the body is the parser's own copy. */
+  /** A whole control frame of a known type. The body is valid until this returns (it may be a view of a read slab): copy what must outlive it. */
   onControl(type: FrameType, flags: number, body: Buffer): void;
   /** The parser holds no more of this written chunk (a DATA piece it handed out may live on). */
   chunkDone?(chunk: Buffer): void;
@@ -236,7 +236,10 @@ export class FrameParser extends Writable {
 
   #readControlBody(): boolean {
     if (this.#buffered < this.#remaining) return false;
-    const body = this.#remaining === 0 ? EMPTY : Buffer.from(this.#consume(this.#remaining));
+    // A view, not a copy: every control frame is done with before onControl returns (a
+    // header block is inflated synchronously), and the read slab it may lie in is not read
+    // into again before this turn's parsing ends.
+    const body = this.#remaining === 0 ? EMPTY : this.#consume(this.#remaining);
     this.#state = State.Header;
     this.#sink.onControl(this.#controlType, this.#flags, body);
     return true;
