@@ -78,8 +78,9 @@ async function listLatencies(cri: CriTestClient): Promise<{ p50: number; rate: n
  * WARM_UP_ROUNDS, then ROUNDS rounds of every measurement, alternating the two sides: the
  * figures of each side per round (the warm-up rounds first).
  */
-async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ containerd: Partial<Figures>[]; ours: Partial<Figures>[] }> {
+async function alternate(containerd: Side, ours: Side, pod: Pod, ourTrims: () => Promise<number>): Promise<{ containerd: Partial<Figures>[]; ours: Partial<Figures>[] }> {
   const runs = { containerd: [] as Partial<Figures>[], ours: [] as Partial<Figures>[] };
+  let trimsBefore = await ourTrims();
   for (let round = 0; round < WARM_UP_ROUNDS + ROUNDS; round++) {
     const figures = { containerd: {} as Partial<Figures>, ours: {} as Partial<Figures> };
     const order = round % 2 === 0 ? (['containerd', 'ours'] as const) : (['ours', 'containerd'] as const);
@@ -94,10 +95,13 @@ async function alternate(containerd: Side, ours: Side, pod: Pod): Promise<{ cont
     runs.ours.push(figures.ours);
     // Each round's own figures, for the scatter behind the medians (stdout has the table).
     const line = (f: Partial<Figures>): string =>
-      `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us, ` +
+      `${Math.round(f.connectionsPerSecond ?? 0)} conns/s, ${(f.cpuMsPerConnection ?? 0).toFixed(3)} ms/conn, p50 ${Math.round(f.p50Us ?? 0)} us, p99 ${Math.round(f.p99Us ?? 0)} us (after ${Math.round(f.quietWaitMs ?? 0)} ms for a quiet machine), ` +
       `paired p50 ${Math.round(f.pairedP50Us ?? 0)} us, p99 ${Math.round(f.pairedP99Us ?? 0)} us`;
     const name = round < WARM_UP_ROUNDS ? `warm-up round ${round}` : `round ${round - WARM_UP_ROUNDS}`;
-    process.stderr.write(`proxy ${name}: ours ${line(figures.ours)}; containerd ${line(figures.containerd)}\n`);
+    // A trim makes our next session compile its data path again (memory-trim.ts): its p99 shows it.
+    const trims = await ourTrims();
+    process.stderr.write(`proxy ${name}: ours ${line(figures.ours)}, memory trims ${trims - trimsBefore}; containerd ${line(figures.containerd)}\n`);
+    trimsBefore = trims;
   }
   return runs;
 }
@@ -121,6 +125,7 @@ export async function proxyBench(): Promise<ProxyBench> {
       { api: apiContainerd, kubeconfigDir: containerd.dir, serverPid: containerd.pid },
       { api: apiOurs, kubeconfigDir: server.dir, serverPid: server.proc.pid!, upstreamPid: containerd.pid },
       pod,
+      () => serverMetric(server, 'cri_portforward_memory_trims_total'),
     );
     const ourTrims = await serverMetric(server, 'cri_portforward_memory_trims_total');
     const listDirect = await listLatencies(direct);
