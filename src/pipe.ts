@@ -39,7 +39,8 @@ import { BudgetedBound, type BufferBudget } from './buffer-budget';
 import { connectionEnded, connectionStarted } from './memory-trim';
 import { addon } from './netns/addon';
 import type { PipeClient, PipeClientEvents } from './pipe-client';
-import { PodSocket, socketError } from './pod-socket';
+import { PodSocket } from './pod-socket';
+import { socketError } from './tcp-handle';
 
 /** The pod read buffer of a pipe that is not (yet) moving bulk data. */
 export const POD_READ_BUFFER_BYTES = 16 * 1024;

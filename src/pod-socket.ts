@@ -10,105 +10,13 @@
 // event-loop turn go out as one writev, and the owner is told of what happens through four
 // callbacks, synchronously.
 //
-// The handle comes from process.binding('tcp_wrap') and ('stream_wrap'), which Node keeps
-// for this use (documentation-only deprecation DEP0111: a warning only under
-// --pending-deprecation). The same calls net.Socket makes are made here, in the same order
-// (lib/net.js, lib/internal/stream_base_commons.js); what is needed is checked once, when
-// this module loads, so that a Node without it fails at start, not on a connection.
+// The handle and the calls made on it are tcp-handle.ts's: the same calls net.Socket makes,
+// in the same order.
 
-import { getSystemErrorName } from 'node:util';
+import { binding, socketError, UV_ECANCELED, UV_ENOTCONN, UV_EOF, type ShutdownReq as AnyShutdownReq, type TcpHandle, type WriteReq as AnyWriteReq } from './tcp-handle';
 
-interface TcpHandle {
-  fd: number;
-  onread: () => Buffer | undefined;
-  open(fd: number): number;
-  useUserBuffer(buffer: Uint8Array): void;
-  readStart(): number;
-  readStop(): number;
-  writeBuffer(req: WriteReq, buffer: Buffer): number;
-  writev(req: WriteReq, chunks: Buffer[], allBuffers: true): number;
-  shutdown(req: ShutdownReq): number;
-  close(callback?: () => void): void;
-  getpeername(out: { address?: string; port?: number; family?: string }): number;
-}
-
-interface WriteReq {
-  handle: TcpHandle;
-  oncomplete: (this: WriteReq, status: number) => void;
-  owner: PodSocket;
-  /** The chunks of this write: libuv holds pointers into them until it completes. */
-  chunks: Buffer | Buffer[];
-  /** Their callbacks, called once written or failed (or null when none asked). */
-  callbacks: (() => void)[] | null;
-  bytes: number;
-}
-
-interface ShutdownReq {
-  handle: TcpHandle;
-  oncomplete: (this: ShutdownReq, status: number) => void;
-  owner: PodSocket;
-}
-
-interface StreamBinding {
-  TCP: new (type: number) => TcpHandle;
-  tcpSocketType: number;
-  WriteWrap: new () => WriteReq;
-  ShutdownWrap: new () => ShutdownReq;
-  state: Int32Array;
-  readBytesOrError: number;
-  lastWriteWasAsync: number;
-}
-
-const UV_EOF = -4095;
-const UV_ENOTCONN = -107;
-const UV_ECANCELED = -125;
-
-function loadBinding(): StreamBinding {
-  const bind = (name: string): unknown => (process as unknown as { binding(name: string): unknown }).binding(name);
-  const tcp = bind('tcp_wrap') as { TCP?: StreamBinding['TCP']; constants?: { SOCKET?: number } };
-  const stream = bind('stream_wrap') as {
-    WriteWrap?: StreamBinding['WriteWrap'];
-    ShutdownWrap?: StreamBinding['ShutdownWrap'];
-    streamBaseState?: Int32Array;
-    kReadBytesOrError?: number;
-    kLastWriteWasAsync?: number;
-  };
-  const proto = tcp.TCP?.prototype as Partial<TcpHandle> | undefined;
-  const methods = ['open', 'useUserBuffer', 'readStart', 'readStop', 'writeBuffer', 'writev', 'shutdown', 'close', 'getpeername'] as const;
-  if (
-    tcp.TCP === undefined ||
-    typeof tcp.constants?.SOCKET !== 'number' ||
-    stream.WriteWrap === undefined ||
-    stream.ShutdownWrap === undefined ||
-    !(stream.streamBaseState instanceof Int32Array) ||
-    typeof stream.kReadBytesOrError !== 'number' ||
-    typeof stream.kLastWriteWasAsync !== 'number' ||
-    methods.some((m) => typeof proto?.[m] !== 'function')
-  ) {
-    throw new Error(`this Node (${process.version}) lacks the TCP handle API net.Socket is built on (tcp_wrap, stream_wrap): pod connections cannot be driven`);
-  }
-  return {
-    TCP: tcp.TCP,
-    tcpSocketType: tcp.constants.SOCKET,
-    WriteWrap: stream.WriteWrap,
-    ShutdownWrap: stream.ShutdownWrap,
-    state: stream.streamBaseState,
-    readBytesOrError: stream.kReadBytesOrError,
-    lastWriteWasAsync: stream.kLastWriteWasAsync,
-  };
-}
-
-const binding = loadBinding();
-
-/** A failed call on the socket, as net.Socket reports it (code, errno, syscall). */
-export function socketError(errno: number, syscall: string): NodeJS.ErrnoException {
-  const code = getSystemErrorName(errno);
-  const err: NodeJS.ErrnoException = new Error(`${syscall} ${code}`);
-  err.code = code;
-  err.errno = errno;
-  err.syscall = syscall;
-  return err;
-}
+type WriteReq = AnyWriteReq<PodSocket>;
+type ShutdownReq = AnyShutdownReq<PodSocket>;
 
 /** What a pod socket tells its owner (the pipe), synchronously, each at most as documented. */
 export interface PodSocketEvents {
@@ -358,7 +266,7 @@ export class PodSocket {
   #flush(): void {
     const queue = this.#queue;
     if (queue.length === 0 || this.#inFlight !== 0 || this.#destroyed) return;
-    const req = new binding.WriteWrap();
+    const req = new binding.WriteWrap<PodSocket>();
     req.handle = this.#handle;
     req.oncomplete = onWriteComplete;
     req.owner = this;
@@ -423,7 +331,7 @@ export class PodSocket {
   #shutdown(): void {
     if (this.#shutdownSent || this.#destroyed) return;
     this.#shutdownSent = true;
-    const req = new binding.ShutdownWrap();
+    const req = new binding.ShutdownWrap<PodSocket>();
     req.handle = this.#handle;
     req.oncomplete = onShutdownComplete;
     req.owner = this;

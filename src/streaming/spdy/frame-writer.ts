@@ -14,10 +14,9 @@
 // sends faster than the client reads. Copying stops too while the transport has a backlog,
 // so a client that does not read stops the pod however small its reads.
 
-import type { Duplex } from 'node:stream';
 import { FLAG_FIN, FRAME_HEADER_BYTES, MAX_DATA_FRAME_BYTES } from './constants';
-
-type WriteCallback = (err?: Error | null) => void;
+import type { WriteCallback } from '../../pipe-client';
+import type { FrameOutput } from './frame-output';
 
 /** A DATA payload up to this size is copied (an interactive reply, a request, a line). */
 export const COPIED_PAYLOAD_BYTES = 4 * 1024;
@@ -34,22 +33,22 @@ export function slabAllocations(): number {
 }
 
 export class FrameWriter {
-  readonly #transport: Duplex;
+  readonly #output: FrameOutput;
   /** Where frames are copied; [#start, #end) is this turn's, not yet given to the transport. */
   #slab: Buffer | undefined;
   #start = 0;
   #end = 0;
   /** This turn's output before the slab's current bytes, in order (only when a view or a new slab came in between). */
-  readonly #segments: Buffer[] = [];
-  readonly #segmentCallbacks: (WriteCallback | undefined)[] = [];
+  #segments: Buffer[] = [];
+  #segmentCallbacks: (WriteCallback | undefined)[] = [];
   #scheduled = false;
-  /** Writes of the current slab's bytes the transport has not called back yet. */
+  /** Writes of the current slab's bytes the output has not called back yet. */
   #slabWrites = 0;
-  /** Bumped with each new slab: a callback for an old slab's write does not count. */
-  #slabGeneration = 0;
+  /** The callback of every write of the current slab's bytes (one per slab, not per write): it counts them down. */
+  #slabWritten: WriteCallback = noop;
 
-  constructor(transport: Duplex) {
-    this.#transport = transport;
+  constructor(output: FrameOutput) {
+    this.#output = output;
   }
 
   /** A control frame, built whole by the caller; copied. */
@@ -93,6 +92,11 @@ export class FrameWriter {
     return this.#scheduled;
   }
 
+  /** Bytes of ours the kernel has not taken yet: this turn's, and what the output holds. */
+  get backlog(): number {
+    return this.#backlog();
+  }
+
   // A DATA header; room is reserved for a payload that will be copied after it.
   #header(streamId: number, length: number, flags: number): void {
     const copied = length <= COPIED_PAYLOAD_BYTES ? length : 0;
@@ -124,9 +128,9 @@ export class FrameWriter {
       setImmediate(this.#flush);
     }
     let slab = this.#slab;
-    // Nothing of this turn yet, and every write of the slab's bytes called back: by the
-    // Writable contract the transport holds none of them (the pipe relies on the same), so
-    // the slab starts over. A fresh 16 KiB per four small payloads would be external
+    // Nothing of this turn yet, and every write of the slab's bytes called back: the
+    // output holds none of them (the pipe relies on the same of its writes), so the slab
+    // starts over. A fresh 16 KiB per four small payloads would be external
     // memory, which V8 counts towards its old-generation limit.
     if (slab !== undefined && this.#slabWrites === 0 && this.#start === this.#end && this.#segments.length === 0) this.#start = this.#end = 0;
     if (slab !== undefined && slab.length - this.#end >= bytes) return slab;
@@ -135,53 +139,54 @@ export class FrameWriter {
     slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, bytes));
     slabsAllocated++;
     this.#slab = slab;
-    this.#slabGeneration++;
     this.#slabWrites = 0;
+    const current = slab;
+    // A write of an old slab's bytes does not count.
+    this.#slabWritten = () => {
+      if (this.#slab === current) this.#slabWrites--;
+    };
     this.#start = this.#end = 0;
     return slab;
   }
 
-  // One per flush, not per frame: it counts down the current slab's writes.
-  #slabWritten(generation: number): WriteCallback {
-    this.#slabWrites++;
-    return () => {
-      if (generation === this.#slabGeneration) this.#slabWrites--;
-    };
-  }
-
   #backlog(): number {
-    return this.#transport.writableLength + this.#end - this.#start;
+    return this.#output.backlog + this.#end - this.#start;
   }
 
-  /** Write this turn's frames now (the session is about to end its transport). */
-  flush(): void {
+  /** This turn's frames now, then our FIN after them (the session ends its transport). */
+  end(): void {
     this.#flush();
+    this.#output.end();
   }
 
+  // This turn's frames are taken off the writer before the output has them: its callbacks
+  // may run before it returns, and one may hand the writer the next frames.
   readonly #flush = (): void => {
     this.#scheduled = false;
-    const transport = this.#transport;
-    const segments = this.#segments;
-    if (segments.length === 0) {
+    if (this.#segments.length === 0) {
       if (this.#end === this.#start) return;
-      transport.write(this.#slab!.subarray(this.#start, this.#end), this.#slabWritten(this.#slabGeneration));
-    } else {
-      this.#cutSegment();
-      const callbacks = this.#segmentCallbacks;
-      // Writes call back in order: once the last of this flush has, so have the slab's.
-      const last = segments.length - 1;
-      const slabDone = this.#slabWritten(this.#slabGeneration);
-      const lastCallback = callbacks[last];
-      transport.cork();
-      for (let i = 0; i < last; i++) transport.write(segments[i]!, callbacks[i]);
-      transport.write(segments[last]!, lastCallback === undefined ? slabDone : (err?: Error | null) => {
-        slabDone();
-        lastCallback(err);
-      });
-      transport.uncork();
-      segments.length = 0;
-      callbacks.length = 0;
+      const chunk = this.#slab!.subarray(this.#start, this.#end);
+      this.#start = this.#end;
+      this.#slabWrites++;
+      this.#output.writeOne(chunk, this.#slabWritten);
+      return;
     }
-    this.#start = this.#end;
+    this.#cutSegment();
+    const segments = this.#segments;
+    const callbacks = this.#segmentCallbacks;
+    this.#segments = [];
+    this.#segmentCallbacks = [];
+    // Writes call back in order: once the last of this flush has, so have the slab's.
+    const last = segments.length - 1;
+    this.#slabWrites++;
+    const slabDone = this.#slabWritten;
+    const lastCallback = callbacks[last];
+    callbacks[last] = lastCallback === undefined ? slabDone : (err?: Error | null) => {
+      slabDone();
+      lastCallback(err);
+    };
+    this.#output.writeMany(segments, callbacks);
   };
 }
+
+function noop(): void {}

@@ -24,6 +24,7 @@ import {
 } from './constants';
 import { ProtocolError } from './errors';
 import { goAwayFrame, pingFrame, rstStreamFrame, synReplyFrame } from './frames';
+import { frameOutputFor } from './frame-output';
 import { FrameWriter } from './frame-writer';
 import { HeaderBlockDecoder, HeaderBlockEncoder, type HeaderMap } from './headers';
 import { FrameParser, type FrameSink } from './parser';
@@ -114,7 +115,7 @@ export class SpdySession implements FrameSink, StreamOwner {
     this.#encoder = new HeaderBlockEncoder(adopted?.encoderStarted ?? false);
     if (adopted !== undefined) this.#adopt(adopted);
     this.#parser = new FrameParser(this);
-    this.#out = new FrameWriter(transport);
+    this.#out = new FrameWriter(frameOutputFor(transport));
     this.#stallWatch = new StallWatch(options.stallTimeoutMs, options.log, options.onStallReset);
     this.#parser.on('error', (err: Error) => this.#violation(err));
     this.#parser.on('drain', this.#resumeTransport);
@@ -195,7 +196,7 @@ export class SpdySession implements FrameSink, StreamOwner {
 
   /** Between frames with nothing in flight either way: inbound drained, no frame of ours waits to be written. */
   get isQuiet(): boolean {
-    if (!this.inboundDrained || this.#out.pending || this.#transport.writableLength > 0) return false;
+    if (!this.inboundDrained || this.#out.pending || this.#out.backlog > 0) return false;
     for (const stream of this.#streams.values()) if (stream.writableLength > 0) return false;
     return true;
   }
@@ -256,8 +257,7 @@ export class SpdySession implements FrameSink, StreamOwner {
   close(status: GoAwayStatus = GoAwayStatus.Ok, reason: SessionEndReason = 'closed'): void {
     if (this.#endReason !== undefined) return;
     this.#out.send(goAwayFrame(this.#lastPeerStreamId, status));
-    this.#out.flush(); // after this turn's frames, before the end
-    this.#transport.end();
+    this.#out.end(); // after this turn's frames
     const linger = setTimeout(() => this.#transport.destroy(), GOAWAY_LINGER_MS);
     linger.unref();
     this.#end(reason);
@@ -320,7 +320,7 @@ export class SpdySession implements FrameSink, StreamOwner {
         return this.#onPing(body);
       case FrameType.GoAway:
         this.#options.log.debug('peer sent GOAWAY');
-        this.#transport.end();
+        this.#out.end();
         return this.#end('peer-goaway');
       case FrameType.Settings:
       case FrameType.WindowUpdate:
